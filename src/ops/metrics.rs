@@ -1,0 +1,92 @@
+//! Counters each shard updates without locks (relaxed atomics it alone writes) and any shard can
+//! read to answer `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! shard_metrics {
+    ($($name:ident: $kind:literal, $help:literal;)*) => {
+        /// One shard's counters.
+        #[derive(Debug, Default)]
+        #[repr(align(128))] // keep shards' counters on separate cache lines
+        pub struct ShardMetrics {
+            $(pub $name: AtomicU64,)*
+        }
+
+        impl ShardMetrics {
+            fn render(all: &[ShardMetrics], out: &mut String) {
+                $(
+                    let _ = writeln!(out, "# HELP shardcast_{} {}", stringify!($name), $help);
+                    let _ = writeln!(out, "# TYPE shardcast_{} {}", stringify!($name), $kind);
+                    for (i, m) in all.iter().enumerate() {
+                        let _ = writeln!(out, "shardcast_{}{{shard=\"{}\"}} {}", stringify!($name), i, m.$name.load(Relaxed));
+                    }
+                )*
+            }
+        }
+    };
+}
+
+shard_metrics! {
+    connections: "gauge", "Open WebSocket connections.";
+    connections_total: "counter", "WebSocket connections accepted since start.";
+    handshake_failures: "counter", "Connections that closed or timed out before completing the upgrade, or sent a bad one.";
+    connect_refused: "counter", "Upgrades refused by the socket connect hook (HTTP 403).";
+    messages_in: "counter", "WebSocket data messages received.";
+    frames_out: "counter", "WebSocket frames written.";
+    bytes_out: "counter", "Bytes written to WebSocket connections.";
+    write_syscalls: "counter", "Vectored write calls made to sockets.";
+    broadcasts: "counter", "Broadcasts published from this shard.";
+    deliveries: "counter", "Broadcast frames queued to subscribers on this shard.";
+    slow_consumer_disconnects: "counter", "Connections closed (1013) because their outbound backlog exceeded the limit.";
+    protocol_errors: "counter", "Connections closed for a WebSocket or Phoenix protocol violation.";
+    idle_timeouts: "counter", "Connections closed for silence past the idle timeout.";
+    mesh_messages_in: "counter", "Messages received from other shards.";
+}
+
+impl ShardMetrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn dec(counter: &AtomicU64) {
+        counter.fetch_sub(1, Relaxed);
+    }
+}
+
+/// All shards' counters.
+#[derive(Debug)]
+pub struct Metrics {
+    pub shards: Box<[ShardMetrics]>,
+}
+
+impl Metrics {
+    pub fn new(shards: usize) -> Metrics {
+        Metrics {
+            shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
+        }
+    }
+
+    pub fn shard(&self, id: usize) -> &ShardMetrics {
+        &self.shards[id]
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(out, "# HELP shardcast_shards Number of shards.\n# TYPE shardcast_shards gauge\nshardcast_shards {}", self.shards.len());
+        ShardMetrics::render(&self.shards, &mut out);
+        out
+    }
+
+    pub fn total_connections(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|m| m.connections.load(Relaxed))
+            .sum()
+    }
+}

@@ -1,0 +1,148 @@
+//! Per-shard state. Only tasks of this shard touch it (through `Rc`), so plain `RefCell`s do:
+//! no locks anywhere on the message path.
+
+use super::mesh::MeshSenders;
+use super::pubsub::Topics;
+use crate::channel::{App, ConnId};
+use crate::ops::config::Config;
+use crate::ops::metrics::{Metrics, ShardMetrics};
+use crate::transport::connection::ConnShared;
+use bytes::BytesMut;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+/// Size of the shard's receive scratch buffer: every socket read lands here first, so an idle
+/// connection holds no receive buffer of its own.
+pub const SCRATCH_SIZE: usize = 64 * 1024;
+/// Chunk size of the shard's frame-encoding arena.
+const ARENA_CHUNK: usize = 64 * 1024;
+
+pub struct Shard {
+    pub id: usize,
+    pub shard_count: usize,
+    pub config: Arc<Config>,
+    pub app: App,
+    pub mesh: MeshSenders,
+    pub topics: RefCell<Topics>,
+    metrics: Arc<Metrics>,
+    arena: RefCell<BytesMut>,
+    scratch: RefCell<Box<[u8]>>,
+    connections: RefCell<HashMap<ConnId, Weak<ConnShared>>>,
+    next_conn: Cell<u64>,
+    draining: Cell<bool>,
+    drained_waker: RefCell<Option<std::task::Waker>>,
+}
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        config: Arc<Config>,
+        app: App,
+        mesh: MeshSenders,
+        metrics: Arc<Metrics>,
+    ) -> Shard {
+        Shard {
+            id,
+            shard_count: mesh.owner.len(),
+            config,
+            app,
+            mesh,
+            topics: RefCell::new(Topics::default()),
+            metrics,
+            arena: RefCell::new(BytesMut::with_capacity(ARENA_CHUNK)),
+            scratch: RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice()),
+            connections: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(0),
+            draining: Cell::new(false),
+            drained_waker: RefCell::new(None),
+        }
+    }
+
+    pub fn metrics(&self) -> &ShardMetrics {
+        self.metrics.shard(self.id)
+    }
+
+    pub fn all_metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn owner_of(&self, topic: &str) -> usize {
+        super::owner_of(topic, self.shard_count)
+    }
+
+    /// A server-wide unique connection id: shard in the top 16 bits.
+    pub fn next_conn_id(&self) -> ConnId {
+        let n = self.next_conn.get() + 1;
+        self.next_conn.set(n);
+        ((self.id as u64) << 48) | n
+    }
+
+    /// Runs `f` with the shard's encoding arena. Frames split off it share 64 KiB chunks, so
+    /// encoding a reply or broadcast does not allocate per message.
+    pub fn with_arena<R>(&self, f: impl FnOnce(&mut BytesMut) -> R) -> R {
+        let mut arena = self.arena.borrow_mut();
+        if arena.capacity() < 1024 {
+            // `reserve` reuses the chunk when every frame split off it has been written and
+            // dropped, and allocates a fresh one otherwise.
+            arena.reserve(ARENA_CHUNK);
+        }
+        f(&mut arena)
+    }
+
+    pub fn with_scratch<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        f(&mut self.scratch.borrow_mut())
+    }
+
+    pub fn register(&self, id: ConnId, conn: &Rc<ConnShared>) {
+        self.connections
+            .borrow_mut()
+            .insert(id, Rc::downgrade(conn));
+    }
+
+    pub fn unregister(&self, id: ConnId) {
+        let mut conns = self.connections.borrow_mut();
+        conns.remove(&id);
+        if conns.is_empty() {
+            if let Some(w) = self.drained_waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Resolves once no connection is left on this shard.
+    pub async fn drained(&self) {
+        std::future::poll_fn(|cx| {
+            if self.connections.borrow().is_empty() {
+                std::task::Poll::Ready(())
+            } else {
+                *self.drained_waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.borrow().len()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Starts a graceful drain: every connection is asked to close with 1001.
+    pub fn start_drain(&self) {
+        self.draining.set(true);
+        let conns: Vec<_> = self
+            .connections
+            .borrow()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for conn in conns {
+            conn.request_shutdown();
+        }
+    }
+}

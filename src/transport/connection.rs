@@ -1,0 +1,530 @@
+//! One connection on a shard, from TCP accept to close: the HTTP head (upgrade, `/health`,
+//! `/metrics`), then the WebSocket session. The reader task decodes frames, hands Phoenix
+//! messages to the socket state machine and carries out the effects it returns; a writer task
+//! drains the outbound queue.
+
+use super::outbound::{run_writer, Limits, Outbound};
+use super::stream::SharedStream;
+use crate::channel::ctx::{ConnState, Outbox};
+use crate::channel::socket::{Info, PhoenixSocket};
+use crate::channel::{ConnId, ConnectInfo, Effect};
+use crate::ops::http_endpoints;
+use crate::ops::metrics::ShardMetrics;
+use crate::protocol::http::{
+    check_upgrade, parse_request_head, response, switching_protocols, UpgradeCheck,
+};
+use crate::protocol::phoenix::{decode_binary, decode_text, Serializer};
+use crate::protocol::websocket::{
+    close_code, encode_close, encode_frame, DecoderLimits, FrameKind, WsDecoder, WsEvent,
+};
+use crate::shard::context::Shard;
+use crate::shard::pubsub::{self, Subscriber};
+use bytes::{Buf, BytesMut};
+use glommio::net::TcpStream;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll};
+
+/// State shared by a connection's reader, writer, timers and its shard.
+pub struct ConnShared {
+    pub outbound: Rc<Outbound>,
+    mailbox: RefCell<VecDeque<Info>>,
+    shutdown: Cell<bool>,
+}
+
+impl ConnShared {
+    /// Asks the connection to close with 1001 (server shutting down).
+    pub fn request_shutdown(&self) {
+        self.shutdown.set(true);
+        self.outbound.wake_reader();
+    }
+
+    fn post(&self, info: Info) {
+        self.mailbox.borrow_mut().push_back(info);
+        self.outbound.wake_reader();
+    }
+}
+
+/// Serves one accepted TCP connection to the end.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let stream = Rc::new(SharedStream::new(stream));
+    let ws = &shard.config.websocket;
+    stream.set_read_timeout(ws.handshake_timeout());
+    stream.set_write_timeout(ws.write_timeout());
+
+    let mut buf = BytesMut::new();
+    let head = loop {
+        match parse_request_head(&buf, ws.max_request_head) {
+            Ok(Some(head)) => break head,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(?peer, error = %e, "bad request head");
+                ShardMetrics::inc(&shard.metrics().handshake_failures);
+                let status = if matches!(e, crate::protocol::http::HeadError::TooLarge(_)) {
+                    431
+                } else {
+                    400
+                };
+                let _ = stream
+                    .write_all(&response(status, "text/plain", e.to_string().as_bytes()))
+                    .await;
+                return;
+            }
+        }
+        match read_some(&shard, &stream, &mut buf).await {
+            Ok(n) if n > 0 => {}
+            _ => {
+                // Closed, failed, or silent past the handshake timeout.
+                ShardMetrics::inc(&shard.metrics().handshake_failures);
+                return;
+            }
+        }
+    };
+    buf.advance(head.head_len);
+
+    let reply = |bytes: Vec<u8>| {
+        let stream = stream.clone();
+        async move {
+            let _ = stream.write_all(&bytes).await;
+            stream.shutdown_write();
+        }
+    };
+    let upgrade = check_upgrade(&head);
+    let session = match (head.path.as_str(), &upgrade) {
+        ("/health", UpgradeCheck::NotUpgrade) => {
+            return reply(http_endpoints::health(
+                shard.all_metrics(),
+                shard.is_draining(),
+            ))
+            .await;
+        }
+        ("/metrics", UpgradeCheck::NotUpgrade) => {
+            return reply(http_endpoints::metrics(shard.all_metrics())).await;
+        }
+        ("/socket/websocket", _) | ("/echo", _) if shard.is_draining() => {
+            return reply(response(503, "text/plain", b"server is shutting down")).await;
+        }
+        ("/socket/websocket", UpgradeCheck::Accept(_)) => {
+            let vsn = head
+                .query
+                .iter()
+                .find(|(k, _)| k == "vsn")
+                .map(|(_, v)| v.as_str());
+            let Some(serializer) = Serializer::from_vsn(vsn) else {
+                ShardMetrics::inc(&shard.metrics().handshake_failures);
+                return reply(response(
+                    400,
+                    "text/plain",
+                    b"unsupported vsn (1.0.0 or 2.0.0)",
+                ))
+                .await;
+            };
+            let info = ConnectInfo {
+                params: head.query.clone(),
+                peer: peer.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+            };
+            match shard.app.socket.connect(&info) {
+                Ok(assigns) => Session::Phoenix {
+                    serializer,
+                    assigns,
+                },
+                Err(refused) => {
+                    ShardMetrics::inc(&shard.metrics().connect_refused);
+                    return reply(response(403, "text/plain", refused.reason.as_bytes())).await;
+                }
+            }
+        }
+        ("/echo", UpgradeCheck::Accept(_)) if shard.config.echo_endpoint => Session::Echo,
+        ("/socket/websocket" | "/echo", UpgradeCheck::Refuse(status, why)) => {
+            ShardMetrics::inc(&shard.metrics().handshake_failures);
+            return reply(response(*status, "text/plain", why.as_bytes())).await;
+        }
+        ("/socket/websocket", UpgradeCheck::NotUpgrade) => {
+            return reply(response(400, "text/plain", b"expected a WebSocket upgrade")).await;
+        }
+        _ => return reply(response(404, "text/plain", b"not found")).await,
+    };
+    let UpgradeCheck::Accept(accept) = upgrade else {
+        unreachable!("sessions start only on Accept")
+    };
+    if stream
+        .write_all(&switching_protocols(&accept))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    run_session(shard, stream, buf, session).await;
+}
+
+enum Session {
+    Phoenix {
+        serializer: Serializer,
+        assigns: crate::channel::Assigns,
+    },
+    Echo,
+}
+
+/// What woke the reader.
+enum Wake {
+    Data,
+    Eof,
+    IdleTimeout,
+    ReadError,
+    Info(Info),
+    OutboundFailed,
+    Shutdown,
+}
+
+async fn run_session(
+    shard: Rc<Shard>,
+    stream: Rc<SharedStream>,
+    mut buf: BytesMut,
+    session: Session,
+) {
+    let config = &shard.config;
+    let conn_id = shard.next_conn_id();
+    let outbound = Rc::new(Outbound::new(Limits {
+        max_frames: config.outbound.max_queued_frames,
+        max_bytes: config.outbound.max_queued_bytes,
+        batch_frames: config.outbound.write_batch_frames,
+    }));
+    let shared = Rc::new(ConnShared {
+        outbound: outbound.clone(),
+        mailbox: RefCell::new(VecDeque::new()),
+        shutdown: Cell::new(false),
+    });
+    shard.register(conn_id, &shared);
+    let metrics = shard.metrics();
+    ShardMetrics::inc(&metrics.connections);
+    ShardMetrics::inc(&metrics.connections_total);
+
+    let writer = {
+        let (shard, out, stream) = (shard.clone(), outbound.clone(), stream.clone());
+        glommio::spawn_local(async move { run_writer(out, stream, shard.metrics()).await })
+    };
+    stream.set_read_timeout(config.websocket.idle_timeout());
+
+    let mut conn = Conn {
+        shard: shard.clone(),
+        conn_id,
+        shared: shared.clone(),
+        socket: match session {
+            Session::Phoenix {
+                serializer,
+                assigns,
+            } => Some(PhoenixSocket::new(
+                ConnState {
+                    conn_id,
+                    shard: shard.id,
+                    serializer,
+                    assigns,
+                },
+                shard.app.router.clone(),
+            )),
+            Session::Echo => None,
+        },
+        effects: Vec::new(),
+        close_sent: false,
+    };
+    let mut decoder = WsDecoder::new(DecoderLimits {
+        max_frame_size: config.websocket.max_frame_size,
+        max_message_size: config.websocket.max_message_size,
+    });
+
+    'session: loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(event)) => {
+                    if !conn.on_event(event).await {
+                        break 'session;
+                    }
+                }
+                Ok(None) => break,
+                Err(violation) => {
+                    tracing::debug!(conn = conn_id, %violation, "closing connection");
+                    ShardMetrics::inc(&metrics.protocol_errors);
+                    conn.close(violation.code, violation.reason);
+                    break 'session;
+                }
+            }
+        }
+        glommio::yield_if_needed().await;
+        match next_wake(&shard, &stream, &shared, &mut buf).await {
+            Wake::Data => {}
+            Wake::Info(info) => {
+                if let Some(socket) = conn.socket.as_mut() {
+                    shard.with_arena(|arena| {
+                        socket.handle_info(
+                            info,
+                            &mut Outbox {
+                                effects: &mut conn.effects,
+                                arena,
+                            },
+                        )
+                    });
+                    conn.run_effects().await;
+                }
+            }
+            Wake::IdleTimeout => {
+                ShardMetrics::inc(&metrics.idle_timeouts);
+                conn.close(close_code::GOING_AWAY, "idle timeout");
+                break;
+            }
+            Wake::Shutdown => {
+                conn.close(close_code::GOING_AWAY, "server shutting down");
+                break;
+            }
+            Wake::OutboundFailed => {
+                if outbound.is_slow_consumer() {
+                    ShardMetrics::inc(&metrics.slow_consumer_disconnects);
+                    tracing::info!(conn = conn_id, "slow consumer disconnected (1013)");
+                }
+                break;
+            }
+            Wake::Eof | Wake::ReadError => break,
+        }
+        if conn.close_sent {
+            break;
+        }
+    }
+
+    // Channels terminate (their broadcasts, e.g. "user left", still go out) and unsubscribe.
+    if let Some(socket) = conn.socket.as_mut() {
+        shard.with_arena(|arena| {
+            socket.terminate_all(&mut Outbox {
+                effects: &mut conn.effects,
+                arena,
+            })
+        });
+        conn.run_effects().await;
+    }
+    shard.unregister(conn_id);
+    ShardMetrics::dec(&metrics.connections);
+
+    if conn.close_sent && !outbound.failed() {
+        // Closing handshake: the writer sends our close frame and then FIN; wait for the
+        // client's side to close (or the close timeout), discarding what it still sends.
+        stream.set_read_timeout(config.websocket.close_timeout());
+        while let Ok(n) = read_some(&shard, &stream, &mut buf).await {
+            buf.clear();
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    outbound.abandon();
+    writer.await;
+}
+
+/// Reads once into `buf` through the shard's scratch buffer.
+async fn read_some(shard: &Shard, stream: &SharedStream, buf: &mut BytesMut) -> io::Result<usize> {
+    std::future::poll_fn(|cx| poll_read_into(shard, stream, cx, buf)).await
+}
+
+fn poll_read_into(
+    shard: &Shard,
+    stream: &SharedStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    shard.with_scratch(|scratch| match stream.poll_read(cx, scratch) {
+        Poll::Ready(Ok(n)) => {
+            buf.extend_from_slice(&scratch[..n]);
+            Poll::Ready(Ok(n))
+        }
+        other => other,
+    })
+}
+
+async fn next_wake(
+    shard: &Shard,
+    stream: &SharedStream,
+    shared: &ConnShared,
+    buf: &mut BytesMut,
+) -> Wake {
+    std::future::poll_fn(|cx| {
+        if shared.outbound.failed() {
+            return Poll::Ready(Wake::OutboundFailed);
+        }
+        if shared.shutdown.get() {
+            return Poll::Ready(Wake::Shutdown);
+        }
+        if let Some(info) = shared.mailbox.borrow_mut().pop_front() {
+            return Poll::Ready(Wake::Info(info));
+        }
+        shared.outbound.register_reader(cx.waker());
+        match poll_read_into(shard, stream, cx, buf) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Wake::Eof),
+            Poll::Ready(Ok(_)) => Poll::Ready(Wake::Data),
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                Poll::Ready(Wake::IdleTimeout)
+            }
+            Poll::Ready(Err(_)) => Poll::Ready(Wake::ReadError),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// The reader's per-connection state.
+struct Conn {
+    shard: Rc<Shard>,
+    conn_id: ConnId,
+    shared: Rc<ConnShared>,
+    /// `None` on the raw echo endpoint.
+    socket: Option<PhoenixSocket>,
+    effects: Vec<Effect>,
+    close_sent: bool,
+}
+
+impl Conn {
+    /// Handles one decoded WebSocket event. Returns false when the session is over.
+    async fn on_event(&mut self, event: WsEvent) -> bool {
+        let shard = self.shard.clone();
+        match event {
+            // Raw echo endpoint: the same message back with the same opcode.
+            WsEvent::Text(data) if self.socket.is_none() => self.echo(FrameKind::Text, &data),
+            WsEvent::Binary(data) if self.socket.is_none() => self.echo(FrameKind::Binary, &data),
+            WsEvent::Text(data) => {
+                ShardMetrics::inc(&shard.metrics().messages_in);
+                let socket = self.socket.as_mut().expect("phoenix session");
+                match decode_text(socket.conn().serializer, &data) {
+                    Ok(msg) => {
+                        shard.with_arena(|arena| {
+                            socket.handle(
+                                msg,
+                                &mut Outbox {
+                                    effects: &mut self.effects,
+                                    arena,
+                                },
+                            )
+                        });
+                        self.run_effects().await;
+                    }
+                    Err(e) => {
+                        // Phoenix closes the socket with 1011 on a frame it cannot decode.
+                        tracing::debug!(conn = self.conn_id, error = %e, "undecodable message");
+                        ShardMetrics::inc(&shard.metrics().protocol_errors);
+                        self.close(close_code::INTERNAL_ERROR, "invalid message");
+                        return false;
+                    }
+                }
+            }
+            WsEvent::Binary(data) => {
+                ShardMetrics::inc(&shard.metrics().messages_in);
+                let socket = self.socket.as_mut().expect("phoenix session");
+                match decode_binary(socket.conn().serializer, &data) {
+                    Ok(msg) => {
+                        shard.with_arena(|arena| {
+                            socket.handle(
+                                msg,
+                                &mut Outbox {
+                                    effects: &mut self.effects,
+                                    arena,
+                                },
+                            )
+                        });
+                        self.run_effects().await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(conn = self.conn_id, error = %e, "undecodable binary message");
+                        ShardMetrics::inc(&shard.metrics().protocol_errors);
+                        self.close(close_code::INTERNAL_ERROR, "invalid message");
+                        return false;
+                    }
+                }
+            }
+            WsEvent::Ping(data) => {
+                let frame = shard.with_arena(|a| encode_frame(a, FrameKind::Pong, &data));
+                self.shared.outbound.push(frame);
+            }
+            WsEvent::Pong(_) => {}
+            WsEvent::Close(code) => {
+                // Echo the client's code (RFC 6455 §5.5.1), then finish.
+                let code = code.map_or(close_code::NORMAL, |(c, _)| c);
+                self.close(code, "");
+                return false;
+            }
+        }
+        !self.close_sent && !self.shared.outbound.failed()
+    }
+
+    fn echo(&self, kind: FrameKind, data: &[u8]) {
+        let frame = self.shard.with_arena(|a| encode_frame(a, kind, data));
+        self.shared.outbound.push(frame);
+    }
+
+    /// Queues a close frame; the session ends after it.
+    fn close(&mut self, code: u16, reason: &str) {
+        if !self.close_sent {
+            let frame = self.shard.with_arena(|a| encode_close(a, code, reason));
+            self.shared.outbound.close_with(frame);
+            self.close_sent = true;
+        }
+    }
+
+    /// Carries out the effects of the last callback, in order.
+    async fn run_effects(&mut self) {
+        let mut effects = std::mem::take(&mut self.effects);
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Send(frame) => {
+                    self.shared.outbound.push(frame);
+                }
+                Effect::Broadcast(msg) => pubsub::publish(&self.shard, msg).await,
+                Effect::Subscribe(topic) => {
+                    let serializer = self
+                        .socket
+                        .as_ref()
+                        .map_or(Serializer::V2, |s| s.conn().serializer);
+                    let sub = Subscriber {
+                        conn_id: self.conn_id,
+                        serializer,
+                        outbound: self.shared.outbound.clone(),
+                    };
+                    pubsub::subscribe(&self.shard, topic, sub).await;
+                }
+                Effect::Unsubscribe(topic) => {
+                    pubsub::unsubscribe(&self.shard, topic, self.conn_id).await
+                }
+                Effect::Info {
+                    delay: None,
+                    topic,
+                    join_ref,
+                    msg,
+                } => self.shared.post(Info {
+                    topic,
+                    join_ref,
+                    msg,
+                }),
+                Effect::Info {
+                    delay: Some(delay),
+                    topic,
+                    join_ref,
+                    msg,
+                } => {
+                    let target: Weak<ConnShared> = Rc::downgrade(&self.shared);
+                    glommio::spawn_local(async move {
+                        glommio::timer::sleep(delay).await;
+                        if let Some(conn) = target.upgrade() {
+                            conn.post(Info {
+                                topic,
+                                join_ref,
+                                msg,
+                            });
+                        }
+                    })
+                    .detach();
+                }
+                Effect::Close { code, reason } => self.close(code, reason),
+            }
+        }
+        // Keep the allocation for the next callback.
+        self.effects = effects;
+    }
+}

@@ -1,0 +1,422 @@
+//! A connection's outbound queue and its writer.
+//!
+//! Frames are `Bytes` — usually shared with every other subscriber of the same broadcast — and
+//! the writer sends up to `write_batch_frames` of them per vectored `sendmsg`, so one syscall
+//! carries many messages.
+//!
+//! **Slow consumers.** The queue is bounded by frame count and bytes. A push that would exceed
+//! either bound drops the backlog (keeping a partly written frame, so the stream stays valid),
+//! queues a close frame with code 1013 ("try again later") and marks the connection failed; the
+//! reader then tears the connection down. A socket that accepts no bytes for `write_timeout` is
+//! dropped. Memory per connection is therefore bounded whatever the publish rate.
+//!
+//! **Delivery policies.** Each frame carries a [`Delivery`]: `Reliable` frames are queued in order;
+//! a `Latest(key)` frame replaces a not-yet-started queued frame with the same key (latest value
+//! wins), so real-time streams never grow the queue with the publish rate.
+
+use super::stream::SharedStream;
+use crate::ops::metrics::ShardMetrics;
+use crate::protocol::websocket::{close_code, encode_close};
+use bytes::{Bytes, BytesMut};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::task::{Context, Poll, Waker};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Reliable,
+    /// Latest value wins among frames with the same key.
+    Latest(u64),
+}
+
+struct Queued {
+    bytes: Bytes,
+    delivery: Delivery,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// A close frame is queued last; nothing more is accepted. The writer shuts the write side
+    /// down after it.
+    Closing,
+    /// Finished (written the close frame, failed, or abandoned): the writer exits.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_frames: usize,
+    pub max_bytes: usize,
+    pub batch_frames: usize,
+}
+
+struct Inner {
+    frames: VecDeque<Queued>,
+    /// Bytes of `frames[0]` already written.
+    head_written: usize,
+    queued_bytes: usize,
+    state: State,
+    /// The connection must be torn down (slow consumer or socket error).
+    failed: bool,
+    slow_consumer: bool,
+    writer: Option<Waker>,
+    reader: Option<Waker>,
+}
+
+pub struct Outbound {
+    inner: RefCell<Inner>,
+    limits: Limits,
+}
+
+impl Outbound {
+    pub fn new(limits: Limits) -> Outbound {
+        Outbound {
+            inner: RefCell::new(Inner {
+                frames: VecDeque::new(),
+                head_written: 0,
+                queued_bytes: 0,
+                state: State::Open,
+                failed: false,
+                slow_consumer: false,
+                writer: None,
+                reader: None,
+            }),
+            limits,
+        }
+    }
+
+    /// Queues a frame in order. Returns false if the connection no longer accepts frames.
+    pub fn push(&self, bytes: Bytes) -> bool {
+        self.push_with(bytes, Delivery::Reliable)
+    }
+
+    pub fn push_with(&self, bytes: Bytes, delivery: Delivery) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        if inner.state != State::Open {
+            return false;
+        }
+        if let Delivery::Latest(key) = delivery {
+            let head_started = inner.head_written > 0;
+            let replace_at = inner
+                .frames
+                .iter()
+                .enumerate()
+                .skip(usize::from(head_started))
+                .find(|(_, q)| q.delivery == delivery)
+                .map(|(i, _)| i);
+            if let Some(i) = replace_at {
+                let old = std::mem::replace(
+                    &mut inner.frames[i],
+                    Queued {
+                        bytes,
+                        delivery: Delivery::Latest(key),
+                    },
+                );
+                inner.queued_bytes =
+                    inner.queued_bytes - old.bytes.len() + inner.frames[i].bytes.len();
+                return true;
+            }
+        }
+        let over = inner.frames.len() >= self.limits.max_frames
+            || inner.queued_bytes + bytes.len() > self.limits.max_bytes;
+        if over {
+            self.overflow(&mut inner);
+            return false;
+        }
+        inner.queued_bytes += bytes.len();
+        inner.frames.push_back(Queued { bytes, delivery });
+        if let Some(w) = inner.writer.take() {
+            w.wake();
+        }
+        true
+    }
+
+    fn overflow(&self, inner: &mut Inner) {
+        // Keep a partly written head frame so the peer never sees a torn frame.
+        let keep = usize::from(inner.head_written > 0);
+        inner.frames.truncate(keep);
+        inner.queued_bytes = inner.frames.iter().map(|q| q.bytes.len()).sum();
+        let close = encode_close(
+            &mut BytesMut::new(),
+            close_code::TRY_AGAIN_LATER,
+            "slow consumer: outbound backlog over limit",
+        );
+        inner.queued_bytes += close.len();
+        inner.frames.push_back(Queued {
+            bytes: close,
+            delivery: Delivery::Reliable,
+        });
+        inner.state = State::Closing;
+        inner.failed = true;
+        inner.slow_consumer = true;
+        for w in [inner.writer.take(), inner.reader.take()]
+            .into_iter()
+            .flatten()
+        {
+            w.wake();
+        }
+    }
+
+    /// Queues a close frame as the last frame. Returns false if closing had already begun.
+    pub fn close_with(&self, frame: Bytes) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        if inner.state != State::Open {
+            return false;
+        }
+        inner.queued_bytes += frame.len();
+        inner.frames.push_back(Queued {
+            bytes: frame,
+            delivery: Delivery::Reliable,
+        });
+        inner.state = State::Closing;
+        if let Some(w) = inner.writer.take() {
+            w.wake();
+        }
+        true
+    }
+
+    /// Stops the writer now, dropping whatever is queued.
+    pub fn abandon(&self) {
+        let mut inner = self.inner.borrow_mut();
+        inner.state = State::Done;
+        inner.frames.clear();
+        inner.queued_bytes = 0;
+        if let Some(w) = inner.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// True once the connection must be torn down (slow consumer or write error).
+    pub fn failed(&self) -> bool {
+        self.inner.borrow().failed
+    }
+
+    pub fn is_slow_consumer(&self) -> bool {
+        self.inner.borrow().slow_consumer
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.inner.borrow().state != State::Open
+    }
+
+    pub fn queued(&self) -> (usize, usize) {
+        let inner = self.inner.borrow();
+        (inner.frames.len(), inner.queued_bytes)
+    }
+
+    /// The reader registers here to learn about failures.
+    pub fn register_reader(&self, waker: &Waker) {
+        let mut inner = self.inner.borrow_mut();
+        match &inner.reader {
+            Some(w) if w.will_wake(waker) => {}
+            _ => inner.reader = Some(waker.clone()),
+        }
+    }
+
+    pub fn wake_reader(&self) {
+        if let Some(w) = self.inner.borrow_mut().reader.take() {
+            w.wake();
+        }
+    }
+
+    fn fail(&self) {
+        let mut inner = self.inner.borrow_mut();
+        inner.failed = true;
+        inner.state = State::Done;
+        inner.frames.clear();
+        inner.queued_bytes = 0;
+        if let Some(w) = inner.reader.take() {
+            w.wake();
+        }
+    }
+
+    /// Marks `n` written bytes as sent; returns how many whole frames that completed.
+    fn consume(&self, mut n: usize) -> usize {
+        let mut inner = self.inner.borrow_mut();
+        let mut done = 0;
+        inner.queued_bytes -= n;
+        while n > 0 {
+            let head_left = inner.frames[0].bytes.len() - inner.head_written;
+            if n >= head_left {
+                n -= head_left;
+                inner.frames.pop_front();
+                inner.head_written = 0;
+                done += 1;
+            } else {
+                inner.head_written += n;
+                n = 0;
+            }
+        }
+        done
+    }
+
+    /// Runs one non-blocking vectored send of the queue's head.
+    fn try_send(&self, stream: &SharedStream) -> io::Result<usize> {
+        let inner = self.inner.borrow();
+        let mut iov: [IoSlice<'_>; 64] = [IoSlice::new(&[]); 64];
+        let mut count = 0;
+        let batch = self.limits.batch_frames.min(iov.len());
+        for (i, q) in inner.frames.iter().take(batch).enumerate() {
+            let start = if i == 0 { inner.head_written } else { 0 };
+            iov[count] = IoSlice::new(&q.bytes[start..]);
+            count += 1;
+        }
+        stream.try_send_vectored(&iov[..count])
+    }
+}
+
+enum WriterWake {
+    Work,
+    Finished,
+}
+
+/// The writer task of one connection: drains the queue in vectored batches until the close frame
+/// is written, the queue is abandoned, or the socket fails.
+pub async fn run_writer(
+    out: std::rc::Rc<Outbound>,
+    stream: std::rc::Rc<SharedStream>,
+    metrics: &ShardMetrics,
+) {
+    loop {
+        let wake = std::future::poll_fn(|cx: &mut Context<'_>| {
+            let mut inner = out.inner.borrow_mut();
+            if inner.state == State::Done {
+                return Poll::Ready(WriterWake::Finished);
+            }
+            if !inner.frames.is_empty() {
+                return Poll::Ready(WriterWake::Work);
+            }
+            if inner.state == State::Closing {
+                return Poll::Ready(WriterWake::Finished);
+            }
+            inner.writer = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        if let WriterWake::Finished = wake {
+            break;
+        }
+        match out.try_send(&stream) {
+            Ok(n) => {
+                let frames = out.consume(n);
+                ShardMetrics::inc(&metrics.write_syscalls);
+                ShardMetrics::add(&metrics.frames_out, frames as u64);
+                ShardMetrics::add(&metrics.bytes_out, n as u64);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The socket buffer is full: wait (through glommio) until it takes bytes again.
+                let result = std::future::poll_fn(|cx| {
+                    {
+                        let mut inner = out.inner.borrow_mut();
+                        if inner.state == State::Done || inner.frames.is_empty() {
+                            return Poll::Ready(Ok(0));
+                        }
+                        inner.writer = Some(cx.waker().clone());
+                    }
+                    let inner = out.inner.borrow();
+                    stream.poll_write(cx, &inner.frames[0].bytes[inner.head_written..])
+                })
+                .await;
+                match result {
+                    Ok(n) => {
+                        let frames = out.consume(n);
+                        ShardMetrics::add(&metrics.frames_out, frames as u64);
+                        ShardMetrics::add(&metrics.bytes_out, n as u64);
+                    }
+                    Err(_) => {
+                        out.fail();
+                        break;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                out.fail();
+                break;
+            }
+        }
+    }
+    if out.inner.borrow().state == State::Closing {
+        out.inner.borrow_mut().state = State::Done;
+    }
+    stream.shutdown_write();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_frames: usize, max_bytes: usize) -> Limits {
+        Limits {
+            max_frames,
+            max_bytes,
+            batch_frames: 64,
+        }
+    }
+
+    #[test]
+    fn overflow_turns_into_a_1013_close_and_bounds_memory() {
+        let out = Outbound::new(limits(3, 1000));
+        for _ in 0..3 {
+            assert!(out.push(Bytes::from_static(b"abc")));
+        }
+        assert!(!out.push(Bytes::from_static(b"abc")));
+        assert!(out.failed() && out.is_slow_consumer());
+        let (frames, _) = out.queued();
+        assert_eq!(frames, 1, "only the close frame is left");
+        let inner = out.inner.borrow();
+        assert_eq!(&inner.frames[0].bytes[2..4], &1013u16.to_be_bytes());
+        drop(inner);
+        assert!(
+            !out.push(Bytes::from_static(b"more")),
+            "closing queues accept nothing"
+        );
+    }
+
+    #[test]
+    fn byte_limit_counts_too() {
+        let out = Outbound::new(limits(100, 10));
+        assert!(out.push(Bytes::from_static(b"12345678")));
+        assert!(!out.push(Bytes::from_static(b"123")));
+        assert!(out.is_slow_consumer());
+    }
+
+    #[test]
+    fn partly_written_head_survives_overflow() {
+        let out = Outbound::new(limits(2, 1000));
+        out.push(Bytes::from_static(b"head"));
+        out.push(Bytes::from_static(b"next"));
+        assert_eq!(out.consume(2), 0);
+        assert!(!out.push(Bytes::from_static(b"x")));
+        let inner = out.inner.borrow();
+        assert_eq!(inner.frames.len(), 2);
+        assert_eq!(&inner.frames[0].bytes[..], b"head");
+        assert_eq!(inner.queued_bytes, 4 + inner.frames[1].bytes.len());
+    }
+
+    #[test]
+    fn latest_value_replaces_queued_frame_with_same_key() {
+        let out = Outbound::new(limits(10, 1000));
+        out.push_with(Bytes::from_static(b"a1"), Delivery::Latest(1));
+        out.push_with(Bytes::from_static(b"b1"), Delivery::Latest(2));
+        out.push_with(Bytes::from_static(b"a2"), Delivery::Latest(1));
+        out.push(Bytes::from_static(b"r"));
+        let inner = out.inner.borrow();
+        let got: Vec<&[u8]> = inner.frames.iter().map(|q| &q.bytes[..]).collect();
+        assert_eq!(got, vec![&b"a2"[..], b"b1", b"r"]);
+        assert_eq!(inner.queued_bytes, 5);
+    }
+
+    #[test]
+    fn consume_pops_whole_frames_and_tracks_partial_head() {
+        let out = Outbound::new(limits(10, 1000));
+        out.push(Bytes::from_static(b"aaa"));
+        out.push(Bytes::from_static(b"bb"));
+        assert_eq!(out.consume(4), 1);
+        assert_eq!(out.inner.borrow().head_written, 1);
+        assert_eq!(out.consume(1), 1);
+        assert_eq!(out.queued(), (0, 0));
+    }
+}

@@ -1,0 +1,75 @@
+//! A glommio TCP stream shared by a connection's reader and writer tasks.
+//!
+//! glommio sockets are readiness-based (a non-blocking syscall first, an io_uring poll when it
+//! would block), so the read side and the write side register separate wakers. Each task borrows
+//! the stream only inside a synchronous `poll`, never across an `.await`, so the two tasks never
+//! conflict.
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use std::cell::RefCell;
+use std::io::{self, IoSlice};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub struct SharedStream {
+    inner: RefCell<TcpStream>,
+    fd: RawFd,
+}
+
+impl SharedStream {
+    pub fn new(stream: TcpStream) -> SharedStream {
+        let fd = stream.as_raw_fd();
+        SharedStream {
+            inner: RefCell::new(stream),
+            fd,
+        }
+    }
+
+    pub fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.inner.borrow_mut()).poll_read(cx, buf)
+    }
+
+    pub fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.inner.borrow_mut()).poll_write(cx, buf)
+    }
+
+    /// Writes all of `buf`, waiting for the socket as needed.
+    pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = std::future::poll_fn(|cx| self.poll_write(cx, buf)).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// One non-blocking vectored send of as much of `bufs` as the socket takes now.
+    /// `WouldBlock` means the socket buffer is full.
+    pub fn try_send_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        // SAFETY: `fd` belongs to the `TcpStream` owned by `self`, so it is open for as long as
+        // `self` lives; the `BorrowedFd` does not outlive this call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+        socket2::SockRef::from(&fd)
+            .send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    }
+
+    pub fn set_read_timeout(&self, dur: Duration) {
+        let _ = self.inner.borrow().set_read_timeout(Some(dur));
+    }
+
+    pub fn set_write_timeout(&self, dur: Duration) {
+        let _ = self.inner.borrow().set_write_timeout(Some(dur));
+    }
+
+    pub fn shutdown_write(&self) {
+        // SAFETY: as in `try_send_vectored`.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+        let _ = socket2::SockRef::from(&fd).shutdown(Shutdown::Write);
+    }
+}
