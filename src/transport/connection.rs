@@ -306,7 +306,8 @@ async fn run_session(
     shard.unregister(conn_id);
     ShardMetrics::dec(&metrics.connections);
 
-    if conn.close_sent && !outbound.failed() {
+    // A slow consumer still gets its 1013 close frame if it reads again within the timeout.
+    if (conn.close_sent && !outbound.failed()) || outbound.is_slow_consumer() {
         // Closing handshake: the writer sends our close frame and then FIN; wait for the
         // client's side to close (or the close timeout), discarding what it still sends.
         stream.set_read_timeout(config.websocket.close_timeout());

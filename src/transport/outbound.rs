@@ -119,8 +119,9 @@ impl Outbound {
                 return true;
             }
         }
+        // One frame larger than the byte bound still goes out when nothing else is queued.
         let over = inner.frames.len() >= self.limits.max_frames
-            || inner.queued_bytes + bytes.len() > self.limits.max_bytes;
+            || (!inner.frames.is_empty() && inner.queued_bytes + bytes.len() > self.limits.max_bytes);
         if over {
             self.overflow(&mut inner);
             return false;
@@ -378,7 +379,7 @@ mod tests {
     #[test]
     fn byte_limit_counts_too() {
         let out = Outbound::new(limits(100, 10));
-        assert!(out.push(Bytes::from_static(b"12345678")));
+        assert!(out.push(Bytes::from_static(b"12345678901234")), "a lone large frame is accepted");
         assert!(!out.push(Bytes::from_static(b"123")));
         assert!(out.is_slow_consumer());
     }

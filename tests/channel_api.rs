@@ -1,0 +1,132 @@
+//! The public channel API as a game studio would use it from its own crate: a connect hook with
+//! assigns, a custom channel with timers, deferred replies, `broadcast_from` and crash isolation.
+
+mod common;
+use common::*;
+use serde_json::json;
+use shardcast::channel::{App, Assigns, Channel, ChannelCtx, ConnectInfo, ConnectRefused, HandleIn, HandleInfo, Payload, ReplyRef, Router};
+use shardcast::ReplyStatus;
+use std::any::Any;
+use std::time::Duration;
+
+fn token_hook(info: &ConnectInfo) -> Result<Assigns, ConnectRefused> {
+    match info.param("token") {
+        Some("good") => {
+            let mut a = Assigns::new();
+            a.insert("user".into(), json!("alice"));
+            Ok(a)
+        }
+        _ => Err(ConnectRefused { reason: "invalid token".into() }),
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    pending: Option<ReplyRef>,
+}
+
+struct Tick(u32);
+struct Answer;
+
+impl Channel for Table {
+    fn join(&mut self, ctx: &mut ChannelCtx<'_>, _payload: Payload) -> Result<Payload, Payload> {
+        Ok(Payload::json(&json!({ "user": ctx.assigns()["user"] })))
+    }
+
+    fn handle_in(&mut self, ctx: &mut ChannelCtx<'_>, event: &str, payload: Payload) -> HandleIn {
+        match event {
+            "others" => {
+                ctx.broadcast_from("others", &payload);
+                HandleIn::NoReply
+            }
+            "countdown" => {
+                ctx.send_after(Duration::from_millis(20), Tick(3));
+                HandleIn::ok(Payload::empty())
+            }
+            "later" => {
+                self.pending = Some(ctx.reply_ref());
+                ctx.send_after(Duration::from_millis(10), Answer);
+                HandleIn::NoReply
+            }
+            "crash" => panic!("boom"),
+            _ => HandleIn::error_reason("unknown event"),
+        }
+    }
+
+    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_>, msg: Box<dyn Any>) -> HandleInfo {
+        if let Some(Tick(n)) = msg.downcast_ref::<Tick>() {
+            ctx.push("tick", &Payload::json(&json!({ "n": n }))).unwrap();
+            if *n > 1 {
+                ctx.send_after(Duration::from_millis(20), Tick(n - 1));
+            }
+        } else if msg.downcast_ref::<Answer>().is_some() {
+            let to = self.pending.take().unwrap();
+            ctx.reply(&to, ReplyStatus::Ok, &Payload::json(&json!({ "answer": 42 }))).unwrap();
+        }
+        HandleInfo::Continue
+    }
+}
+
+fn app() -> App {
+    App::new(token_hook, Router::new().channel("table:*", Table::default).channel("echo:*", shardcast::channel::echo::EchoChannel::default))
+}
+
+#[test]
+fn connect_hook_refuses_with_403_and_assigns_reach_channels() {
+    let server = TestServer::start(app(), |_| {});
+    match tungstenite::connect(server.url("/socket/websocket?vsn=2.0.0&token=bad")) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected HTTP 403, got {other:?}"),
+    }
+    assert_eq!(server.metric("connect_refused"), 1);
+    let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0&token=good"));
+    send_text(&mut ws, r#"["1","1","table:1","phx_join",{}]"#);
+    assert_eq!(recv_json(&mut ws)[4], json!({"response": {"user": "alice"}, "status": "ok"}));
+}
+
+#[test]
+fn timers_self_messages_and_deferred_replies() {
+    let server = TestServer::start(app(), |_| {});
+    let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0&token=good"));
+    send_text(&mut ws, r#"["1","1","table:1","phx_join",{}]"#);
+    recv_json(&mut ws);
+    send_text(&mut ws, r#"["1","2","table:1","countdown",{}]"#);
+    assert_eq!(recv_json(&mut ws)[1], "2");
+    for n in [3, 2, 1] {
+        assert_eq!(recv_json(&mut ws), json!(["1", null, "table:1", "tick", {"n": n}]));
+    }
+    send_text(&mut ws, r#"["1","3","table:1","later",{}]"#);
+    assert_eq!(recv_json(&mut ws), json!(["1", "3", "table:1", "phx_reply", {"response": {"answer": 42}, "status": "ok"}]));
+}
+
+#[test]
+fn broadcast_from_skips_the_sender() {
+    let server = TestServer::start(app(), |_| {});
+    let url = server.url("/socket/websocket?vsn=2.0.0&token=good");
+    let (mut a, mut b) = (connect(&url), connect(&url));
+    for ws in [&mut a, &mut b] {
+        send_text(ws, r#"["1","1","table:1","phx_join",{}]"#);
+        recv_json(ws);
+    }
+    send_text(&mut a, r#"["1","2","table:1","others",{"x":1}]"#);
+    assert_eq!(recv_json(&mut b), json!([null, null, "table:1", "others", {"x": 1}]));
+    // `a` gets nothing from its own broadcast_from: the next frame it sees is its heartbeat reply.
+    send_text(&mut a, r#"[null,"3","phoenix","heartbeat",{}]"#);
+    assert_eq!(recv_json(&mut a)[2], "phoenix");
+}
+
+#[test]
+fn a_crash_errors_only_that_channel() {
+    let server = TestServer::start(app(), |_| {});
+    let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0&token=good"));
+    join(&mut ws, "1", "echo:side");
+    send_text(&mut ws, r#"["2","2","table:1","phx_join",{}]"#);
+    recv_json(&mut ws);
+    send_text(&mut ws, r#"["2","3","table:1","crash",{}]"#);
+    assert_eq!(recv_json(&mut ws), json!(["2", "2", "table:1", "phx_error", {}]));
+    // The crashed topic is no longer joined; the other channel and the connection live on.
+    send_text(&mut ws, r#"["2","4","table:1","countdown",{}]"#);
+    assert_eq!(recv_json(&mut ws)[4]["response"]["reason"], "unmatched topic");
+    send_text(&mut ws, r#"["1","5","echo:side","echo",{"ok":true}]"#);
+    assert_eq!(recv_json(&mut ws)[4]["response"], json!({"ok": true}));
+}

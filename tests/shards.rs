@@ -1,0 +1,63 @@
+//! Topics whose subscribers sit on several shards: every broadcast reaches every subscriber
+//! exactly once, in each publisher's order.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use shardcast::channel::App;
+use std::collections::HashMap;
+
+fn per_shard_connections(server: &TestServer) -> Vec<u64> {
+    let text = http_get(server.addr, "/metrics").1;
+    text.lines()
+        .filter(|l| l.starts_with("shardcast_connections{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn broadcast_crosses_shards_exactly_once_in_publisher_order() {
+    let server = TestServer::start(App::default(), |c| c.shards = 3);
+    let url = server.url("/socket/websocket?vsn=2.0.0");
+    let mut clients = Vec::new();
+    // The kernel spreads connections over the shards by hash; keep connecting (bounded) until
+    // every shard holds some.
+    while clients.len() < 12 || per_shard_connections(&server).iter().any(|&n| n == 0) {
+        assert!(clients.len() < 120, "connections never reached every shard: {:?}", per_shard_connections(&server));
+        let mut ws = connect(&url);
+        join(&mut ws, "1", "echo:cross");
+        clients.push(ws);
+    }
+    const PER_PUBLISHER: usize = 5;
+    for (i, ws) in clients.iter_mut().enumerate() {
+        for seq in 0..PER_PUBLISHER {
+            send_text(ws, &format!(r#"["1","{i}-{seq}","echo:cross","broadcast",{{"from":{i},"seq":{seq}}}]"#));
+        }
+    }
+    let n = clients.len();
+    for (me, ws) in clients.iter_mut().enumerate() {
+        let mut next_seq: HashMap<u64, u64> = HashMap::new();
+        let mut broadcasts = 0;
+        let mut replies = 0;
+        while broadcasts < n * PER_PUBLISHER || replies < PER_PUBLISHER {
+            let msg: Value = recv_json(ws);
+            match msg[3].as_str().unwrap() {
+                "broadcast" => {
+                    let (from, seq) = (msg[4]["from"].as_u64().unwrap(), msg[4]["seq"].as_u64().unwrap());
+                    let want = next_seq.entry(from).or_insert(0);
+                    assert_eq!(seq, *want, "client {me}: publisher {from} out of order or duplicated");
+                    *want += 1;
+                    broadcasts += 1;
+                }
+                "phx_reply" => replies += 1,
+                other => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(next_seq.len(), n, "client {me} missed a publisher");
+        assert!(next_seq.values().all(|&s| s == PER_PUBLISHER as u64));
+        // Nothing extra is pending: the next frame is the heartbeat reply.
+        send_text(ws, r#"[null,"hb","phoenix","heartbeat",{}]"#);
+        assert_eq!(recv_json(ws)[1], "hb");
+    }
+    assert!(server.metric("mesh_messages_in") > 0, "no message crossed shards");
+}

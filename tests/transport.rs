@@ -1,0 +1,171 @@
+//! Transport behaviour against bad or slow clients, over real sockets.
+
+mod common;
+use common::*;
+use serde_json::json;
+use shardcast::channel::App;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+use tungstenite::Message;
+
+/// Reads until the server closes the TCP connection; panics if it stays open past 5 s.
+fn expect_eof(mut s: TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut all = vec![];
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return all,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return all,
+            Err(e) => panic!("server did not close the connection: {e}"),
+        }
+    }
+}
+
+#[test]
+fn invalid_json_closes_1011_and_others_keep_working() {
+    let server = TestServer::start(App::default(), |_| {});
+    let mut good = connect(&server.url("/socket/websocket?vsn=2.0.0"));
+    let mut bad = connect(&server.url("/socket/websocket?vsn=2.0.0"));
+    join(&mut good, "1", "echo:a");
+    send_text(&mut bad, "not json");
+    assert_eq!(recv_close(&mut bad), 1011);
+    let mut bad2 = connect(&server.url("/socket/websocket?vsn=2.0.0"));
+    send_text(&mut bad2, r#"["1","1","echo:a"]"#);
+    assert_eq!(recv_close(&mut bad2), 1011);
+    send_text(&mut good, r#"["1","2","echo:a","echo",{"still":"here"}]"#);
+    assert_eq!(recv_json(&mut good)[4]["response"], json!({"still": "here"}));
+    assert!(server.metric("protocol_errors") >= 2);
+}
+
+#[test]
+fn frames_over_the_limit_close_1009() {
+    let server = TestServer::start(App::default(), |c| {
+        c.websocket.max_frame_size = 64 * 1024;
+        c.websocket.max_message_size = 64 * 1024;
+    });
+    let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0"));
+    let big = format!(r#"["1","1","echo:a","echo",{{"x":"{}"}}]"#, "a".repeat(100_000));
+    // The server may close before the whole frame is written; both outcomes end in 1009.
+    let _ = ws.send(Message::text(big));
+    assert_eq!(recv_close(&mut ws), 1009);
+}
+
+#[test]
+fn silent_handshake_is_dropped_after_the_timeout() {
+    let server = TestServer::start(App::default(), |c| c.websocket.handshake_timeout_ms = 200);
+    let silent = TcpStream::connect(server.addr).unwrap();
+    let mut partial = TcpStream::connect(server.addr).unwrap();
+    partial.write_all(b"GET /socket/websocket HTTP/1.1\r\nHost: x\r\n").unwrap();
+    assert!(expect_eof(silent).is_empty());
+    assert!(expect_eof(partial).is_empty());
+    assert_eq!(server.metric("handshake_failures"), 2);
+    // The server still serves others.
+    let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0"));
+    join(&mut ws, "1", "echo:a");
+}
+
+#[test]
+fn garbage_and_oversized_heads_get_http_errors() {
+    let server = TestServer::start(App::default(), |_| {});
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"\x16\x03\x01 garbage\r\n\r\n").unwrap();
+    assert!(String::from_utf8_lossy(&expect_eof(s)).starts_with("HTTP/1.1 400"));
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    let _ = s.write_all(format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(20_000)).as_bytes());
+    assert!(String::from_utf8_lossy(&expect_eof(s)).starts_with("HTTP/1.1 431"));
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"GET /socket/websocket?vsn=9 HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    assert!(String::from_utf8_lossy(&expect_eof(s)).starts_with("HTTP/1.1 400"));
+}
+
+#[test]
+fn silent_socket_is_closed_after_the_idle_timeout() {
+    let server = TestServer::start(App::default(), |c| c.websocket.idle_timeout_ms = 300);
+    let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0"));
+    assert_eq!(recv_close(&mut ws), 1001);
+    assert_eq!(server.metric("idle_timeouts"), 1);
+}
+
+#[test]
+fn heartbeats_keep_a_socket_alive_past_the_idle_timeout() {
+    let server = TestServer::start(App::default(), |c| c.websocket.idle_timeout_ms = 400);
+    let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0"));
+    // Each heartbeat waits for its reply, so the loop spans several idle timeouts of traffic.
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_millis(1200) {
+        n += 1;
+        send_text(&mut ws, &format!(r#"[null,"{n}","phoenix","heartbeat",{{}}]"#));
+        assert_eq!(recv_json(&mut ws)[1], json!(n.to_string()));
+        std::thread::sleep(Duration::from_millis(100)); // client cadence, not synchronisation
+    }
+    assert_eq!(server.metric("idle_timeouts"), 0);
+}
+
+#[test]
+fn ping_gets_pong_and_close_is_echoed() {
+    let server = TestServer::start(App::default(), |_| {});
+    let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0"));
+    ws.send(Message::Ping(vec![1, 2, 3].into())).unwrap();
+    loop {
+        match ws.read().unwrap() {
+            Message::Pong(p) => {
+                assert_eq!(&p[..], &[1, 2, 3]);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    ws.close(Some(tungstenite::protocol::CloseFrame { code: close_code(4001), reason: "bye".into() })).unwrap();
+    assert_eq!(recv_close(&mut ws), 4001);
+}
+
+/// A subscriber that stops reading must not grow the server's memory: once its backlog passes
+/// the limit it is disconnected with 1013 and counted, while the publisher is unaffected.
+#[test]
+fn slow_consumer_is_disconnected_with_1013() {
+    let server = TestServer::start(App::default(), |c| {
+        c.outbound.max_queued_frames = 256;
+        c.outbound.max_queued_bytes = 256 * 1024;
+    });
+    // A tiny receive buffer so the kernel cannot absorb the backlog for the idle reader.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&server.addr.into()).unwrap();
+    let stream: TcpStream = sock.into();
+    let url = server.url("/socket/websocket?vsn=2.0.0");
+    let (mut slow, _) = tungstenite::client(url.as_str(), tungstenite::stream::MaybeTlsStream::Plain(stream)).unwrap();
+    set_timeout(&slow, Duration::from_secs(5));
+    join(&mut slow, "1", "echo:slow");
+
+    let mut publisher = connect(&url);
+    join(&mut publisher, "1", "echo:slow");
+    let payload = format!(r#"{{"data":"{}"}}"#, "x".repeat(4000));
+    let mut sent = 0;
+    while server.metric("slow_consumer_disconnects") == 0 {
+        assert!(sent < 5000, "the slow consumer was never disconnected");
+        sent += 1;
+        send_text(&mut publisher, &format!(r#"["1","{sent}","echo:slow","broadcast",{payload}]"#));
+        // The publisher reads its own copy and reply: it is not slowed by the idle subscriber.
+        assert_eq!(recv_json(&mut publisher)[3], "broadcast");
+        assert_eq!(recv_json(&mut publisher)[3], "phx_reply");
+    }
+    // The slow client, reading again, finds the close frame after what was already in flight.
+    assert_eq!(recv_close(&mut slow), 1013);
+    send_text(&mut publisher, r#"["1","x","echo:slow","echo",{}]"#);
+    assert_eq!(recv_json(&mut publisher)[4]["status"], "ok");
+}
+
+#[test]
+fn graceful_shutdown_closes_clients_with_1001() {
+    let server = TestServer::start(App::default(), |_| {});
+    let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0"));
+    join(&mut ws, "1", "echo:a");
+    let stopper = std::thread::spawn(move || server.shutdown());
+    assert_eq!(recv_close(&mut ws), 1001);
+    drop(ws);
+    stopper.join().unwrap();
+}
