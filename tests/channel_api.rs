@@ -4,7 +4,10 @@
 mod common;
 use common::*;
 use serde_json::json;
-use shardcast::channel::{App, Assigns, Channel, ChannelCtx, ConnectInfo, ConnectRefused, HandleIn, HandleInfo, Payload, ReplyRef, Router};
+use shardcast::channel::{
+    App, Assigns, Channel, ChannelCtx, ConnectInfo, ConnectRefused, HandleIn, HandleInfo, Payload,
+    ReplyRef, Router,
+};
 use shardcast::ReplyStatus;
 use std::any::Any;
 use std::time::Duration;
@@ -16,7 +19,9 @@ fn token_hook(info: &ConnectInfo) -> Result<Assigns, ConnectRefused> {
             a.insert("user".into(), json!("alice"));
             Ok(a)
         }
-        _ => Err(ConnectRefused { reason: "invalid token".into() }),
+        _ => Err(ConnectRefused {
+            reason: "invalid token".into(),
+        }),
     }
 }
 
@@ -55,20 +60,31 @@ impl Channel for Table {
 
     fn handle_info(&mut self, ctx: &mut ChannelCtx<'_>, msg: Box<dyn Any>) -> HandleInfo {
         if let Some(Tick(n)) = msg.downcast_ref::<Tick>() {
-            ctx.push("tick", &Payload::json(&json!({ "n": n }))).unwrap();
+            ctx.push("tick", &Payload::json(&json!({ "n": n })))
+                .unwrap();
             if *n > 1 {
                 ctx.send_after(Duration::from_millis(20), Tick(n - 1));
             }
         } else if msg.downcast_ref::<Answer>().is_some() {
             let to = self.pending.take().unwrap();
-            ctx.reply(&to, ReplyStatus::Ok, &Payload::json(&json!({ "answer": 42 }))).unwrap();
+            ctx.reply(
+                &to,
+                ReplyStatus::Ok,
+                &Payload::json(&json!({ "answer": 42 })),
+            )
+            .unwrap();
         }
         HandleInfo::Continue
     }
 }
 
 fn app() -> App {
-    App::new(token_hook, Router::new().channel("table:*", Table::default).channel("echo:*", shardcast::channel::echo::EchoChannel::default))
+    App::new(
+        token_hook,
+        Router::new()
+            .channel("table:*", Table::default)
+            .channel("echo:*", shardcast::channel::echo::EchoChannel::default),
+    )
 }
 
 #[test]
@@ -81,7 +97,10 @@ fn connect_hook_refuses_with_403_and_assigns_reach_channels() {
     assert_eq!(server.metric("connect_refused"), 1);
     let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0&token=good"));
     send_text(&mut ws, r#"["1","1","table:1","phx_join",{}]"#);
-    assert_eq!(recv_json(&mut ws)[4], json!({"response": {"user": "alice"}, "status": "ok"}));
+    assert_eq!(
+        recv_json(&mut ws)[4],
+        json!({"response": {"user": "alice"}, "status": "ok"})
+    );
 }
 
 #[test]
@@ -93,10 +112,16 @@ fn timers_self_messages_and_deferred_replies() {
     send_text(&mut ws, r#"["1","2","table:1","countdown",{}]"#);
     assert_eq!(recv_json(&mut ws)[1], "2");
     for n in [3, 2, 1] {
-        assert_eq!(recv_json(&mut ws), json!(["1", null, "table:1", "tick", {"n": n}]));
+        assert_eq!(
+            recv_json(&mut ws),
+            json!(["1", null, "table:1", "tick", {"n": n}])
+        );
     }
     send_text(&mut ws, r#"["1","3","table:1","later",{}]"#);
-    assert_eq!(recv_json(&mut ws), json!(["1", "3", "table:1", "phx_reply", {"response": {"answer": 42}, "status": "ok"}]));
+    assert_eq!(
+        recv_json(&mut ws),
+        json!(["1", "3", "table:1", "phx_reply", {"response": {"answer": 42}, "status": "ok"}])
+    );
 }
 
 #[test]
@@ -109,7 +134,10 @@ fn broadcast_from_skips_the_sender() {
         recv_json(ws);
     }
     send_text(&mut a, r#"["1","2","table:1","others",{"x":1}]"#);
-    assert_eq!(recv_json(&mut b), json!([null, null, "table:1", "others", {"x": 1}]));
+    assert_eq!(
+        recv_json(&mut b),
+        json!([null, null, "table:1", "others", {"x": 1}])
+    );
     // `a` gets nothing from its own broadcast_from: the next frame it sees is its heartbeat reply.
     send_text(&mut a, r#"[null,"3","phoenix","heartbeat",{}]"#);
     assert_eq!(recv_json(&mut a)[2], "phoenix");
@@ -123,10 +151,16 @@ fn a_crash_errors_only_that_channel() {
     send_text(&mut ws, r#"["2","2","table:1","phx_join",{}]"#);
     recv_json(&mut ws);
     send_text(&mut ws, r#"["2","3","table:1","crash",{}]"#);
-    assert_eq!(recv_json(&mut ws), json!(["2", "2", "table:1", "phx_error", {}]));
+    assert_eq!(
+        recv_json(&mut ws),
+        json!(["2", "2", "table:1", "phx_error", {}])
+    );
     // The crashed topic is no longer joined; the other channel and the connection live on.
     send_text(&mut ws, r#"["2","4","table:1","countdown",{}]"#);
-    assert_eq!(recv_json(&mut ws)[4]["response"]["reason"], "unmatched topic");
+    assert_eq!(
+        recv_json(&mut ws)[4]["response"]["reason"],
+        "unmatched topic"
+    );
     send_text(&mut ws, r#"["1","5","echo:side","echo",{"ok":true}]"#);
     assert_eq!(recv_json(&mut ws)[4]["response"], json!({"ok": true}));
 }

@@ -22,8 +22,12 @@ fn broadcast_crosses_shards_exactly_once_in_publisher_order() {
     let mut clients = Vec::new();
     // The kernel spreads connections over the shards by hash; keep connecting (bounded) until
     // every shard holds some.
-    while clients.len() < 12 || per_shard_connections(&server).iter().any(|&n| n == 0) {
-        assert!(clients.len() < 120, "connections never reached every shard: {:?}", per_shard_connections(&server));
+    while clients.len() < 12 || per_shard_connections(&server).contains(&0) {
+        assert!(
+            clients.len() < 120,
+            "connections never reached every shard: {:?}",
+            per_shard_connections(&server)
+        );
         let mut ws = connect(&url);
         join(&mut ws, "1", "echo:cross");
         clients.push(ws);
@@ -31,7 +35,12 @@ fn broadcast_crosses_shards_exactly_once_in_publisher_order() {
     const PER_PUBLISHER: usize = 5;
     for (i, ws) in clients.iter_mut().enumerate() {
         for seq in 0..PER_PUBLISHER {
-            send_text(ws, &format!(r#"["1","{i}-{seq}","echo:cross","broadcast",{{"from":{i},"seq":{seq}}}]"#));
+            send_text(
+                ws,
+                &format!(
+                    r#"["1","{i}-{seq}","echo:cross","broadcast",{{"from":{i},"seq":{seq}}}]"#
+                ),
+            );
         }
     }
     let n = clients.len();
@@ -43,9 +52,15 @@ fn broadcast_crosses_shards_exactly_once_in_publisher_order() {
             let msg: Value = recv_json(ws);
             match msg[3].as_str().unwrap() {
                 "broadcast" => {
-                    let (from, seq) = (msg[4]["from"].as_u64().unwrap(), msg[4]["seq"].as_u64().unwrap());
+                    let (from, seq) = (
+                        msg[4]["from"].as_u64().unwrap(),
+                        msg[4]["seq"].as_u64().unwrap(),
+                    );
                     let want = next_seq.entry(from).or_insert(0);
-                    assert_eq!(seq, *want, "client {me}: publisher {from} out of order or duplicated");
+                    assert_eq!(
+                        seq, *want,
+                        "client {me}: publisher {from} out of order or duplicated"
+                    );
                     *want += 1;
                     broadcasts += 1;
                 }
@@ -59,5 +74,8 @@ fn broadcast_crosses_shards_exactly_once_in_publisher_order() {
         send_text(ws, r#"[null,"hb","phoenix","heartbeat",{}]"#);
         assert_eq!(recv_json(ws)[1], "hb");
     }
-    assert!(server.metric("mesh_messages_in") > 0, "no message crossed shards");
+    assert!(
+        server.metric("mesh_messages_in") > 0,
+        "no message crossed shards"
+    );
 }

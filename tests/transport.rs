@@ -36,7 +36,10 @@ fn invalid_json_closes_1011_and_others_keep_working() {
     send_text(&mut bad2, r#"["1","1","echo:a"]"#);
     assert_eq!(recv_close(&mut bad2), 1011);
     send_text(&mut good, r#"["1","2","echo:a","echo",{"still":"here"}]"#);
-    assert_eq!(recv_json(&mut good)[4]["response"], json!({"still": "here"}));
+    assert_eq!(
+        recv_json(&mut good)[4]["response"],
+        json!({"still": "here"})
+    );
     assert!(server.metric("protocol_errors") >= 2);
 }
 
@@ -47,7 +50,10 @@ fn frames_over_the_limit_close_1009() {
         c.websocket.max_message_size = 64 * 1024;
     });
     let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0"));
-    let big = format!(r#"["1","1","echo:a","echo",{{"x":"{}"}}]"#, "a".repeat(100_000));
+    let big = format!(
+        r#"["1","1","echo:a","echo",{{"x":"{}"}}]"#,
+        "a".repeat(100_000)
+    );
     // The server may close before the whole frame is written; both outcomes end in 1009.
     let _ = ws.send(Message::text(big));
     assert_eq!(recv_close(&mut ws), 1009);
@@ -58,7 +64,9 @@ fn silent_handshake_is_dropped_after_the_timeout() {
     let server = TestServer::start(App::default(), |c| c.websocket.handshake_timeout_ms = 200);
     let silent = TcpStream::connect(server.addr).unwrap();
     let mut partial = TcpStream::connect(server.addr).unwrap();
-    partial.write_all(b"GET /socket/websocket HTTP/1.1\r\nHost: x\r\n").unwrap();
+    partial
+        .write_all(b"GET /socket/websocket HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     assert!(expect_eof(silent).is_empty());
     assert!(expect_eof(partial).is_empty());
     assert_eq!(server.metric("handshake_failures"), 2);
@@ -98,7 +106,10 @@ fn heartbeats_keep_a_socket_alive_past_the_idle_timeout() {
     let mut n = 0;
     while start.elapsed() < Duration::from_millis(1200) {
         n += 1;
-        send_text(&mut ws, &format!(r#"[null,"{n}","phoenix","heartbeat",{{}}]"#));
+        send_text(
+            &mut ws,
+            &format!(r#"[null,"{n}","phoenix","heartbeat",{{}}]"#),
+        );
         assert_eq!(recv_json(&mut ws)[1], json!(n.to_string()));
         std::thread::sleep(Duration::from_millis(100)); // client cadence, not synchronisation
     }
@@ -110,16 +121,15 @@ fn ping_gets_pong_and_close_is_echoed() {
     let server = TestServer::start(App::default(), |_| {});
     let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0"));
     ws.send(Message::Ping(vec![1, 2, 3].into())).unwrap();
-    loop {
-        match ws.read().unwrap() {
-            Message::Pong(p) => {
-                assert_eq!(&p[..], &[1, 2, 3]);
-                break;
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+    match ws.read().unwrap() {
+        Message::Pong(p) => assert_eq!(&p[..], &[1, 2, 3]),
+        other => panic!("unexpected {other:?}"),
     }
-    ws.close(Some(tungstenite::protocol::CloseFrame { code: close_code(4001), reason: "bye".into() })).unwrap();
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: close_code(4001),
+        reason: "bye".into(),
+    }))
+    .unwrap();
     assert_eq!(recv_close(&mut ws), 4001);
 }
 
@@ -137,7 +147,11 @@ fn slow_consumer_is_disconnected_with_1013() {
     sock.connect(&server.addr.into()).unwrap();
     let stream: TcpStream = sock.into();
     let url = server.url("/socket/websocket?vsn=2.0.0");
-    let (mut slow, _) = tungstenite::client(url.as_str(), tungstenite::stream::MaybeTlsStream::Plain(stream)).unwrap();
+    let (mut slow, _) = tungstenite::client(
+        url.as_str(),
+        tungstenite::stream::MaybeTlsStream::Plain(stream),
+    )
+    .unwrap();
     set_timeout(&slow, Duration::from_secs(5));
     join(&mut slow, "1", "echo:slow");
 
@@ -148,7 +162,10 @@ fn slow_consumer_is_disconnected_with_1013() {
     while server.metric("slow_consumer_disconnects") == 0 {
         assert!(sent < 5000, "the slow consumer was never disconnected");
         sent += 1;
-        send_text(&mut publisher, &format!(r#"["1","{sent}","echo:slow","broadcast",{payload}]"#));
+        send_text(
+            &mut publisher,
+            &format!(r#"["1","{sent}","echo:slow","broadcast",{payload}]"#),
+        );
         // The publisher reads its own copy and reply: it is not slowed by the idle subscriber.
         assert_eq!(recv_json(&mut publisher)[3], "broadcast");
         assert_eq!(recv_json(&mut publisher)[3], "phx_reply");

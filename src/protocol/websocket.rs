@@ -596,12 +596,7 @@ mod tests {
             let mut buf = BytesMut::new();
             for c in chunks {
                 buf.extend_from_slice(&c);
-                loop {
-                    match dec.decode(&mut buf) {
-                        Ok(Some(_)) => continue,
-                        _ => break,
-                    }
-                }
+                while let Ok(Some(_)) = dec.decode(&mut buf) {}
             }
         }
 

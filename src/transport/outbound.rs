@@ -121,7 +121,8 @@ impl Outbound {
         }
         // One frame larger than the byte bound still goes out when nothing else is queued.
         let over = inner.frames.len() >= self.limits.max_frames
-            || (!inner.frames.is_empty() && inner.queued_bytes + bytes.len() > self.limits.max_bytes);
+            || (!inner.frames.is_empty()
+                && inner.queued_bytes + bytes.len() > self.limits.max_bytes);
         if over {
             self.overflow(&mut inner);
             return false;
@@ -379,7 +380,10 @@ mod tests {
     #[test]
     fn byte_limit_counts_too() {
         let out = Outbound::new(limits(100, 10));
-        assert!(out.push(Bytes::from_static(b"12345678901234")), "a lone large frame is accepted");
+        assert!(
+            out.push(Bytes::from_static(b"12345678901234")),
+            "a lone large frame is accepted"
+        );
         assert!(!out.push(Bytes::from_static(b"123")));
         assert!(out.is_slow_consumer());
     }

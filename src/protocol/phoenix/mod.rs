@@ -55,3 +55,6 @@ pub struct Inbound {
     pub event: ByteString,
     pub payload: Payload,
 }
+
+#[cfg(test)]
+mod tests;

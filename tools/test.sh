@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The whole test suite, as run by CI (.ci/run) and by a newcomer on a fresh Linux machine:
+# installs what it needs, then lint, Rust unit/property/integration tests, the phoenix.js suite
+# and the Autobahn|Testsuite conformance run.
+#
+#   tools/test.sh            everything
+#   SKIP_AUTOBAHN=1 tools/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+need_apt=()
+command -v git >/dev/null || need_apt+=(git)
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  step "installing ${need_apt[*]}"
+  SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+
+step "format and lint"
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "Rust tests (unit, property, integration over real sockets)"
+cargo build --quiet --bins
+cargo test --all-targets
+
+step "phoenix.js suite (official client, ws transport)"
+(cd tests/js && npm ci --no-audit --no-fund --silent && SHARDCAST_BIN="$PWD/../../target/debug/shardcast" npm test)
+
+py27="${AUTOBAHN_PYTHON:-${PYENV_ROOT:-$HOME/.pyenv}/versions/2.7.18/bin/python2.7}"
+if [ "${SKIP_AUTOBAHN:-0}" != 1 ] && [ ! -x "$py27" ]; then
+  step "Autobahn|Testsuite SKIPPED: it needs Python 2.7 (pyenv install 2.7.18, or set AUTOBAHN_PYTHON)"
+elif [ "${SKIP_AUTOBAHN:-0}" != 1 ]; then
+  step "Autobahn|Testsuite against the /echo endpoint"
+  port=19001
+  data=$(mktemp -d)
+  SHARDCAST_WEBSOCKET__MAX_MESSAGE_SIZE=16777216 SHARDCAST_WEBSOCKET__MAX_FRAME_SIZE=16777216 \
+    target/debug/shardcast serve --echo-endpoint --listen "127.0.0.1:$port" --shards 1 --data-dir "$data" \
+    2>"$data/server.log" &
+  server=$!
+  trap 'kill $server 2>/dev/null || true' EXIT
+  status=0
+  tools/autobahn/run.sh "ws://127.0.0.1:$port/echo" || status=$?
+  kill "$server"
+  wait "$server" || true
+  trap - EXIT
+  [ "$status" = 0 ] || { echo "Autobahn failed"; exit "$status"; }
+fi
+step "all tests passed"
