@@ -79,3 +79,94 @@ fn broadcast_crosses_shards_exactly_once_in_publisher_order() {
         "no message crossed shards"
     );
 }
+
+mod owner_tasks {
+    use super::*;
+    use serde_json::json;
+    use shardcast::channel::{Channel, ChannelCtx, HandleIn, HandleInfo, Payload, Router};
+    use std::any::Any;
+
+    /// Owner-side state: joins counted per topic, in one place whatever shard the joiner is on.
+    #[derive(Default)]
+    struct JoinCounts(HashMap<String, u64>);
+
+    struct Numbered(u64);
+
+    #[derive(Default)]
+    struct Counter;
+
+    impl Channel for Counter {
+        fn join(&mut self, ctx: &mut ChannelCtx<'_>, _p: Payload) -> Result<Payload, Payload> {
+            let me = ctx.address();
+            ctx.run_on_owner(move |owner| {
+                let counts = owner.state::<JoinCounts>();
+                let n = {
+                    let mut counts = counts.borrow_mut();
+                    let n = counts.0.entry(owner.topic().to_string()).or_default();
+                    *n += 1;
+                    *n
+                };
+                owner.send(&me, Numbered(n));
+                owner.broadcast("joined", &Payload::json(&json!({ "n": n })));
+            });
+            Ok(Payload::empty())
+        }
+
+        fn handle_in(&mut self, _ctx: &mut ChannelCtx<'_>, _e: &str, _p: Payload) -> HandleIn {
+            HandleIn::NoReply
+        }
+
+        fn handle_info(&mut self, ctx: &mut ChannelCtx<'_>, msg: Box<dyn Any>) -> HandleInfo {
+            if let Some(Numbered(n)) = msg.downcast_ref::<Numbered>() {
+                ctx.push("your_number", &Payload::json(&json!({ "n": n })))
+                    .unwrap();
+            }
+            HandleInfo::Continue
+        }
+    }
+
+    #[test]
+    fn owner_tasks_serialize_per_topic_state_across_shards() {
+        let app = App::new(
+            shardcast::channel::AllowAll,
+            Router::new().channel("count:*", Counter::default),
+        );
+        let server = TestServer::start(app, |c| c.shards = 3);
+        let url = server.url("/socket/websocket?vsn=2.0.0");
+        let mut clients = Vec::new();
+        while clients.len() < 9 || per_shard_connections(&server).contains(&0) {
+            assert!(clients.len() < 120, "connections never reached every shard");
+            clients.push(connect(&url));
+        }
+        let n = clients.len() as u64;
+        let mut numbers = Vec::new();
+        for ws in clients.iter_mut() {
+            join(ws, "1", "count:room");
+            // The owner answers this client, wherever it is.
+            loop {
+                let m = recv_json(ws);
+                if m[3] == "your_number" {
+                    numbers.push(m[4]["n"].as_u64().unwrap());
+                    break;
+                }
+            }
+        }
+        numbers.sort();
+        assert_eq!(
+            numbers,
+            (1..=n).collect::<Vec<_>>(),
+            "each join got a distinct number from the owner"
+        );
+        // The first client saw every later join announced, in order (its own announcement may
+        // have come before or after its number, so it is left out).
+        let first = &mut clients[0];
+        let mut seen = vec![];
+        while seen.len() < (n - 1) as usize {
+            let m = recv_json(first);
+            if m[3] == "joined" && m[4]["n"] != 1 {
+                seen.push(m[4]["n"].as_u64().unwrap());
+            }
+        }
+        assert_eq!(seen, (2..=n).collect::<Vec<_>>());
+    }
+}

@@ -1,5 +1,7 @@
 use super::{Assigns, ConnId, Payload, ReplyStatus, Topic};
 use crate::protocol::phoenix::{encode, ByteString, EncodeError, Outgoing, Serializer};
+use crate::shard::mesh::OwnerTask;
+use crate::shard::owner::OwnerCtx;
 use crate::shard::pubsub::Broadcast;
 use bytes::{Bytes, BytesMut};
 use std::any::Any;
@@ -28,6 +30,11 @@ pub enum Effect {
         code: u16,
         reason: &'static str,
     },
+    /// Run a task on the topic's owner shard.
+    RunOnOwner {
+        topic: Topic,
+        task: OwnerTask,
+    },
 }
 
 impl std::fmt::Debug for Effect {
@@ -39,7 +46,23 @@ impl std::fmt::Debug for Effect {
             Effect::Unsubscribe(t) => write!(f, "Unsubscribe({t})"),
             Effect::Info { topic, delay, .. } => write!(f, "Info({topic}, {delay:?})"),
             Effect::Close { code, reason } => write!(f, "Close({code}, {reason})"),
+            Effect::RunOnOwner { topic, .. } => write!(f, "RunOnOwner({topic})"),
         }
+    }
+}
+
+/// Where a channel lives: its connection (whose id names the shard), topic and join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnAddr {
+    pub conn_id: ConnId,
+    pub topic: Topic,
+    pub join_ref: ByteString,
+}
+
+impl ConnAddr {
+    /// The shard the connection lives on.
+    pub fn shard(&self) -> usize {
+        (self.conn_id >> 48) as usize
     }
 }
 
@@ -174,6 +197,25 @@ impl<'a> ChannelCtx<'a> {
     /// frames it produced) — Phoenix's `send(self(), msg)`, e.g. for work after a join.
     pub fn send_self(&mut self, msg: impl Any) {
         self.info(None, Box::new(msg));
+    }
+
+    /// This channel's address, for answers from owner tasks ([`OwnerCtx::send`]).
+    pub fn address(&self) -> ConnAddr {
+        ConnAddr {
+            conn_id: self.conn.conn_id,
+            topic: self.topic.clone(),
+            join_ref: self.join_ref.clone(),
+        }
+    }
+
+    /// Runs `task` on this topic's owner shard, where per-topic authoritative state lives
+    /// (presence, logs). Tasks from this channel run there in order. Answers come back with
+    /// [`OwnerCtx::send`] to [`ChannelCtx::address`], into `handle_info`.
+    pub fn run_on_owner(&mut self, task: impl FnOnce(&mut OwnerCtx<'_>) + Send + 'static) {
+        self.out.effects.push(Effect::RunOnOwner {
+            topic: self.topic.clone(),
+            task: Box::new(task),
+        });
     }
 
     fn info(&mut self, delay: Option<Duration>, msg: Box<dyn Any>) {

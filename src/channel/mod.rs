@@ -17,7 +17,8 @@ mod router;
 pub mod socket;
 
 pub use crate::protocol::phoenix::{ByteString, Payload, PayloadError};
-pub use ctx::{ChannelCtx, Effect, ReplyRef};
+pub use crate::shard::owner::OwnerCtx;
+pub use ctx::{ChannelCtx, ConnAddr, Effect, ReplyRef};
 pub use router::Router;
 
 use std::any::Any;

@@ -3,11 +3,14 @@
 
 use super::mesh::MeshSenders;
 use super::pubsub::Topics;
+use crate::channel::socket::Info;
 use crate::channel::{App, ConnId};
 use crate::ops::config::Config;
 use crate::ops::metrics::{Metrics, ShardMetrics};
+use crate::shard::mesh::ConnMessage;
 use crate::transport::connection::ConnShared;
 use bytes::BytesMut;
+use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
@@ -32,6 +35,7 @@ pub struct Shard {
     connections: RefCell<HashMap<ConnId, Weak<ConnShared>>>,
     next_conn: Cell<u64>,
     draining: Cell<bool>,
+    states: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
     drained_waker: RefCell<Option<std::task::Waker>>,
 }
 
@@ -56,6 +60,7 @@ impl Shard {
             connections: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
             draining: Cell::new(false),
+            states: RefCell::new(HashMap::new()),
             drained_waker: RefCell::new(None),
         }
     }
@@ -93,6 +98,34 @@ impl Shard {
 
     pub fn with_scratch<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
         f(&mut self.scratch.borrow_mut())
+    }
+
+    /// This shard's instance of `T`, created on first use.
+    pub fn state<T: Default + 'static>(&self) -> Rc<RefCell<T>> {
+        let mut states = self.states.borrow_mut();
+        let entry = states
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Rc::new(RefCell::new(T::default())) as Rc<dyn Any>);
+        entry
+            .clone()
+            .downcast::<RefCell<T>>()
+            .expect("states are keyed by their type")
+    }
+
+    /// Hands a message to a local connection's channel; dropped if the connection is gone.
+    pub fn post_to_conn(&self, m: ConnMessage) {
+        let conn = self
+            .connections
+            .borrow()
+            .get(&m.to.conn_id)
+            .and_then(Weak::upgrade);
+        if let Some(conn) = conn {
+            conn.post(Info {
+                topic: m.to.topic,
+                join_ref: m.to.join_ref,
+                msg: m.msg,
+            });
+        }
     }
 
     pub fn register(&self, id: ConnId, conn: &Rc<ConnShared>) {

@@ -2,17 +2,35 @@
 //! a sender for.
 //!
 //! - the **owner inbox** takes what concerns topics the shard owns: subscription changes of other
-//!   shards and publishes to forward;
-//! - the **delivery inbox** takes broadcasts to hand to local subscribers.
+//!   shards, publishes to forward, and tasks to run on the owner ([`OwnerTask`]);
+//! - the **delivery inbox** takes broadcasts to hand to local subscribers, and messages for one
+//!   local connection (the answers of owner tasks).
 //!
 //! Handling a delivery never waits on another shard, so delivery inboxes always drain; owner
 //! handlers only wait on delivery inboxes. Hence no cycle of full queues can deadlock, while a
 //! publisher that outruns the mesh is slowed down (backpressure) rather than buffered without
 //! bound. Each queue is FIFO per sender, which gives per-publisher ordering.
 
+use super::owner::OwnerCtx;
 use super::pubsub::Broadcast;
-use crate::channel::Topic;
+use crate::channel::{ConnAddr, Topic};
+use std::any::Any;
 use std::sync::Arc;
+
+/// Work to run on a topic's owner shard, with access to that shard's per-topic state.
+pub type OwnerTask = Box<dyn FnOnce(&mut OwnerCtx<'_>) + Send>;
+
+/// A message for one connection's channel (`handle_info`), possibly on another shard.
+pub struct ConnMessage {
+    pub to: ConnAddr,
+    pub msg: Box<dyn Any + Send>,
+}
+
+/// What a delivery inbox carries.
+pub enum ShardMsg {
+    Broadcast(Arc<Broadcast>),
+    ToConn(ConnMessage),
+}
 
 pub enum OwnerMsg {
     /// `shard` has local subscribers for `topic`; `ack` once recorded, so the subscriber's join
@@ -26,19 +44,21 @@ pub enum OwnerMsg {
     Unsubscribe { topic: Topic, shard: usize },
     /// Forward to every other interested shard; `origin` delivered locally already.
     Publish { msg: Arc<Broadcast>, origin: usize },
+    /// Run `task` for `topic` on its owner.
+    Run { topic: Topic, task: OwnerTask },
 }
 
 /// The sending side of the mesh, held by every shard.
 #[derive(Clone)]
 pub struct MeshSenders {
     pub owner: Vec<flume::Sender<OwnerMsg>>,
-    pub delivery: Vec<flume::Sender<Arc<Broadcast>>>,
+    pub delivery: Vec<flume::Sender<ShardMsg>>,
 }
 
 /// One shard's receiving side.
 pub struct MeshInbox {
     pub owner: flume::Receiver<OwnerMsg>,
-    pub delivery: flume::Receiver<Arc<Broadcast>>,
+    pub delivery: flume::Receiver<ShardMsg>,
 }
 
 /// Builds the full mesh for `shards` shards.

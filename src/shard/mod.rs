@@ -5,9 +5,11 @@
 //! - [`context`]: the per-shard state every task on a shard reaches through an `Rc`.
 //! - [`pubsub`]: topic subscriptions and broadcast, local and across shards.
 //! - [`mesh`]: the bounded queues between shards.
+//! - [`owner`]: running work on a topic's owner shard, where per-topic authoritative state lives.
 
 pub mod context;
 pub mod mesh;
+pub mod owner;
 pub mod pubsub;
 pub mod server;
 

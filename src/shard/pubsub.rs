@@ -7,7 +7,8 @@
 //! protocol version) into `Bytes` shared by every subscriber on every shard.
 
 use super::context::Shard;
-use super::mesh::OwnerMsg;
+use super::mesh::{OwnerMsg, ShardMsg};
+use super::owner;
 use crate::channel::{ConnId, Payload, Topic};
 use crate::ops::metrics::ShardMetrics;
 use crate::protocol::phoenix::{encode, ByteString, Outgoing, Serializer};
@@ -233,15 +234,17 @@ pub async fn publish(shard: &Shard, msg: Arc<Broadcast>) {
     }
 }
 
-fn deliver(shard: &Shard, msg: &Broadcast) {
+pub(crate) fn deliver(shard: &Shard, msg: &Broadcast) {
     let n = shard.topics.borrow().deliver_local(msg);
     ShardMetrics::add(&shard.metrics().deliveries, n);
 }
 
-async fn forward(shard: &Shard, msg: Arc<Broadcast>, origin: usize) {
+pub(crate) async fn forward(shard: &Shard, msg: Arc<Broadcast>, origin: usize) {
     let targets = shard.topics.borrow().forward_targets(&msg.topic, origin);
     for target in targets {
-        let _ = shard.mesh.delivery[target].send_async(msg.clone()).await;
+        let _ = shard.mesh.delivery[target]
+            .send_async(ShardMsg::Broadcast(msg.clone()))
+            .await;
     }
 }
 
@@ -265,14 +268,18 @@ pub async fn run_owner_inbox(shard: Rc<Shard>, inbox: flume::Receiver<OwnerMsg>)
                 deliver(&shard, &msg);
                 forward(&shard, msg, origin).await;
             }
+            OwnerMsg::Run { topic, task } => owner::run_task(&shard, topic, task).await,
         }
     }
 }
 
-/// Serves this shard's delivery inbox until every sender is gone.
-pub async fn run_delivery_inbox(shard: Rc<Shard>, inbox: flume::Receiver<Arc<Broadcast>>) {
+/// Serves this shard's delivery inbox until every sender is gone. Never waits on another shard.
+pub async fn run_delivery_inbox(shard: Rc<Shard>, inbox: flume::Receiver<ShardMsg>) {
     while let Ok(msg) = inbox.recv_async().await {
         ShardMetrics::inc(&shard.metrics().mesh_messages_in);
-        deliver(&shard, &msg);
+        match msg {
+            ShardMsg::Broadcast(msg) => deliver(&shard, &msg),
+            ShardMsg::ToConn(m) => shard.post_to_conn(m),
+        }
     }
 }

@@ -41,7 +41,7 @@ impl ConnShared {
         self.outbound.wake_reader();
     }
 
-    fn post(&self, info: Info) {
+    pub(crate) fn post(&self, info: Info) {
         self.mailbox.borrow_mut().push_back(info);
         self.outbound.wake_reader();
     }
@@ -523,6 +523,9 @@ impl Conn {
                     .detach();
                 }
                 Effect::Close { code, reason } => self.close(code, reason),
+                Effect::RunOnOwner { topic, task } => {
+                    crate::shard::owner::dispatch(&self.shard, topic, task).await
+                }
             }
         }
         // Keep the allocation for the next callback.

@@ -1,0 +1,111 @@
+//! Work that must happen in one place per topic — presence, a document's operation log, a room's
+//! message ids — runs on the topic's **owner shard**. A channel sends an [`OwnerTask`] there with
+//! [`ChannelCtx::run_on_owner`](crate::channel::ChannelCtx::run_on_owner); the task sees that
+//! shard's state through [`OwnerCtx`], may broadcast on its topic, and answers connections (on
+//! any shard) with [`OwnerCtx::send`], which arrives in the channel's `handle_info`.
+//!
+//! Tasks for one topic from one connection run in the order they were sent.
+
+use super::context::Shard;
+use super::mesh::{ConnMessage, OwnerTask, ShardMsg};
+use super::pubsub::{self, Broadcast};
+use crate::channel::{ConnAddr, Payload, Topic};
+use crate::protocol::phoenix::ByteString;
+use std::any::Any;
+use std::cell::RefCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::Arc;
+
+enum OwnerEffect {
+    Broadcast(Arc<Broadcast>),
+    Send(ConnMessage),
+}
+
+/// What an owner task can reach.
+pub struct OwnerCtx<'a> {
+    shard: &'a Shard,
+    topic: &'a Topic,
+    effects: Vec<OwnerEffect>,
+}
+
+impl OwnerCtx<'_> {
+    pub fn topic(&self) -> &Topic {
+        self.topic
+    }
+
+    pub fn shard_id(&self) -> usize {
+        self.shard.id
+    }
+
+    /// This shard's instance of `T` (created on first use): where owner-side state lives, e.g.
+    /// a presence table keyed by topic.
+    pub fn state<T: Default + 'static>(&self) -> Rc<RefCell<T>> {
+        self.shard.state::<T>()
+    }
+
+    /// Broadcasts on this task's topic to every subscriber on every shard.
+    pub fn broadcast(&mut self, event: &str, payload: &Payload) {
+        let msg = self.shard.with_arena(|arena| {
+            Broadcast::new(
+                self.topic.clone(),
+                ByteString::from(event),
+                payload.clone(),
+                None,
+                arena,
+            )
+        });
+        self.effects.push(OwnerEffect::Broadcast(Arc::new(msg)));
+    }
+
+    /// Sends `msg` to the channel at `to` (its `handle_info`), wherever it lives.
+    pub fn send(&mut self, to: &ConnAddr, msg: impl Any + Send) {
+        self.effects.push(OwnerEffect::Send(ConnMessage {
+            to: to.clone(),
+            msg: Box::new(msg),
+        }));
+    }
+}
+
+/// Runs `task` here (the caller checked this shard owns `topic`), then carries out its effects.
+pub async fn run_task(shard: &Rc<Shard>, topic: Topic, task: OwnerTask) {
+    let mut ctx = OwnerCtx {
+        shard,
+        topic: &topic,
+        effects: Vec::new(),
+    };
+    if catch_unwind(AssertUnwindSafe(|| task(&mut ctx))).is_err() {
+        tracing::error!(topic = %topic, "owner task panicked");
+        return;
+    }
+    for effect in ctx.effects {
+        match effect {
+            OwnerEffect::Broadcast(msg) => {
+                pubsub::deliver(shard, &msg);
+                pubsub::forward(shard, msg, shard.id).await;
+            }
+            OwnerEffect::Send(m) => {
+                let target = m.to.shard();
+                if target == shard.id {
+                    shard.post_to_conn(m);
+                } else {
+                    let _ = shard.mesh.delivery[target]
+                        .send_async(ShardMsg::ToConn(m))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Sends `task` to the owner of `topic` (or runs it here if this shard owns it).
+pub async fn dispatch(shard: &Rc<Shard>, topic: Topic, task: OwnerTask) {
+    let owner = shard.owner_of(&topic);
+    if owner == shard.id {
+        run_task(shard, topic, task).await;
+    } else {
+        let _ = shard.mesh.owner[owner]
+            .send_async(super::mesh::OwnerMsg::Run { topic, task })
+            .await;
+    }
+}
