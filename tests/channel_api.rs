@@ -54,6 +54,34 @@ impl Channel for Table {
                 HandleIn::NoReply
             }
             "crash" => panic!("boom"),
+            "square" => {
+                // Work done off the shard (a stand-in for the storage thread), awaited without
+                // blocking the connection; the answer arrives in handle_info.
+                let n: u64 = payload.parse::<serde_json::Value>().unwrap()["n"]
+                    .as_u64()
+                    .unwrap();
+                let (tx, rx) = flume::bounded(1);
+                std::thread::spawn(move || tx.send(n * n).unwrap());
+                let to = ctx.reply_ref();
+                ctx.spawn(async move { (to, rx.recv_async().await.unwrap()) });
+                HandleIn::NoReply
+            }
+            "owner_square" => {
+                let n: u64 = payload.parse::<serde_json::Value>().unwrap()["n"]
+                    .as_u64()
+                    .unwrap();
+                ctx.run_on_owner(move |owner| {
+                    let (tx, rx) = flume::bounded(1);
+                    std::thread::spawn(move || tx.send(n * n).unwrap());
+                    owner.spawn_then(
+                        async move { rx.recv_async().await.unwrap() },
+                        |owner, sq| {
+                            owner.broadcast("squared", &Payload::json(&json!({ "sq": sq })));
+                        },
+                    );
+                });
+                HandleIn::NoReply
+            }
             _ => HandleIn::error_reason("unknown event"),
         }
     }
@@ -65,6 +93,9 @@ impl Channel for Table {
             if *n > 1 {
                 ctx.send_after(Duration::from_millis(20), Tick(n - 1));
             }
+        } else if let Some((to, sq)) = msg.downcast_ref::<(ReplyRef, u64)>() {
+            ctx.reply(to, ReplyStatus::Ok, &Payload::json(&json!({ "sq": sq })))
+                .unwrap();
         } else if msg.downcast_ref::<Answer>().is_some() {
             let to = self.pending.take().unwrap();
             ctx.reply(
@@ -163,4 +194,22 @@ fn a_crash_errors_only_that_channel() {
     );
     send_text(&mut ws, r#"["1","5","echo:side","echo",{"ok":true}]"#);
     assert_eq!(recv_json(&mut ws)[4]["response"], json!({"ok": true}));
+}
+
+#[test]
+fn spawned_work_answers_through_handle_info_and_owner_continuations() {
+    let server = TestServer::start(app(), |_| {});
+    let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0&token=good"));
+    send_text(&mut ws, r#"["1","1","table:1","phx_join",{}]"#);
+    recv_json(&mut ws);
+    send_text(&mut ws, r#"["1","2","table:1","square",{"n":12}]"#);
+    assert_eq!(
+        recv_json(&mut ws),
+        json!(["1", "2", "table:1", "phx_reply", {"response": {"sq": 144}, "status": "ok"}])
+    );
+    send_text(&mut ws, r#"["1","3","table:1","owner_square",{"n":5}]"#);
+    assert_eq!(
+        recv_json(&mut ws),
+        json!([null, null, "table:1", "squared", {"sq": 25}])
+    );
 }

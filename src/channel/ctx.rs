@@ -35,6 +35,12 @@ pub enum Effect {
         topic: Topic,
         task: OwnerTask,
     },
+    /// Run a future on this shard; its output goes to the channel's `handle_info`.
+    Spawn {
+        topic: Topic,
+        join_ref: ByteString,
+        fut: std::pin::Pin<Box<dyn std::future::Future<Output = Box<dyn Any>>>>,
+    },
 }
 
 impl std::fmt::Debug for Effect {
@@ -47,6 +53,7 @@ impl std::fmt::Debug for Effect {
             Effect::Info { topic, delay, .. } => write!(f, "Info({topic}, {delay:?})"),
             Effect::Close { code, reason } => write!(f, "Close({code}, {reason})"),
             Effect::RunOnOwner { topic, .. } => write!(f, "RunOnOwner({topic})"),
+            Effect::Spawn { topic, .. } => write!(f, "Spawn({topic})"),
         }
     }
 }
@@ -215,6 +222,17 @@ impl<'a> ChannelCtx<'a> {
         self.out.effects.push(Effect::RunOnOwner {
             topic: self.topic.clone(),
             task: Box::new(task),
+        });
+    }
+
+    /// Runs `fut` on this shard without blocking the connection (e.g. waiting for the storage
+    /// thread); its output is delivered to this channel's `handle_info` (dropped if the channel
+    /// has gone by then).
+    pub fn spawn<T: Any>(&mut self, fut: impl std::future::Future<Output = T> + 'static) {
+        self.out.effects.push(Effect::Spawn {
+            topic: self.topic.clone(),
+            join_ref: self.join_ref.clone(),
+            fut: Box::pin(async move { Box::new(fut.await) as Box<dyn Any> }),
         });
     }
 

@@ -13,13 +13,19 @@ use crate::channel::{ConnAddr, Payload, Topic};
 use crate::protocol::phoenix::ByteString;
 use std::any::Any;
 use std::cell::RefCell;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+
+type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
 
 enum OwnerEffect {
     Broadcast(Arc<Broadcast>),
     Send(ConnMessage),
+    /// A future to run on this shard; it ends by running a continuation as another owner task.
+    Spawn(LocalFuture),
 }
 
 /// What an owner task can reach.
@@ -58,6 +64,29 @@ impl OwnerCtx<'_> {
         self.effects.push(OwnerEffect::Broadcast(Arc::new(msg)));
     }
 
+    /// Runs `fut` on this shard (e.g. awaiting the storage thread), then `then` with its output
+    /// as a new owner task for the same topic. Shards never block on disk; this is how an owner
+    /// waits for it.
+    pub fn spawn_then<T: 'static>(
+        &mut self,
+        fut: impl Future<Output = T> + 'static,
+        then: impl FnOnce(&mut OwnerCtx<'_>, T) + 'static,
+    ) {
+        let topic = self.topic.clone();
+        self.effects.push(OwnerEffect::Spawn(Box::pin(async move {
+            let out = fut.await;
+            let Some(shard) = CURRENT_SHARD.with(|s| s.borrow().upgrade()) else {
+                return;
+            };
+            run_task(
+                &shard,
+                topic,
+                Box::new(move |ctx: &mut OwnerCtx<'_>| then(ctx, out)),
+            )
+            .await;
+        })));
+    }
+
     /// Sends `msg` to the channel at `to` (its `handle_info`), wherever it lives.
     pub fn send(&mut self, to: &ConnAddr, msg: impl Any + Send) {
         self.effects.push(OwnerEffect::Send(ConnMessage {
@@ -67,8 +96,22 @@ impl OwnerCtx<'_> {
     }
 }
 
+thread_local! {
+    /// The shard running on this thread, for continuations of spawned owner work.
+    static CURRENT_SHARD: RefCell<std::rc::Weak<Shard>> = RefCell::new(std::rc::Weak::new());
+}
+
+/// Records the shard of this executor thread (called once at shard start).
+pub(crate) fn set_current_shard(shard: &Rc<Shard>) {
+    CURRENT_SHARD.with(|s| *s.borrow_mut() = Rc::downgrade(shard));
+}
+
 /// Runs `task` here (the caller checked this shard owns `topic`), then carries out its effects.
-pub async fn run_task(shard: &Rc<Shard>, topic: Topic, task: OwnerTask) {
+pub async fn run_task(
+    shard: &Rc<Shard>,
+    topic: Topic,
+    task: Box<dyn FnOnce(&mut OwnerCtx<'_>) + '_>,
+) {
     let mut ctx = OwnerCtx {
         shard,
         topic: &topic,
@@ -83,6 +126,9 @@ pub async fn run_task(shard: &Rc<Shard>, topic: Topic, task: OwnerTask) {
             OwnerEffect::Broadcast(msg) => {
                 pubsub::deliver(shard, &msg);
                 pubsub::forward(shard, msg, shard.id).await;
+            }
+            OwnerEffect::Spawn(fut) => {
+                glommio::spawn_local(fut).detach();
             }
             OwnerEffect::Send(m) => {
                 let target = m.to.shard();

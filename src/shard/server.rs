@@ -80,6 +80,7 @@ impl Server {
                     };
                     let drain_timeout = Duration::from_millis(config.shutdown_timeout_ms);
                     let shard = Rc::new(Shard::new(id, config, app, senders, metrics));
+                    super::owner::set_current_shard(&shard);
                     glommio::spawn_local(pubsub::run_owner_inbox(shard.clone(), inbox.owner))
                         .detach();
                     glommio::spawn_local(pubsub::run_delivery_inbox(shard.clone(), inbox.delivery))

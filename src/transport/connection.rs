@@ -526,6 +526,24 @@ impl Conn {
                 Effect::RunOnOwner { topic, task } => {
                     crate::shard::owner::dispatch(&self.shard, topic, task).await
                 }
+                Effect::Spawn {
+                    topic,
+                    join_ref,
+                    fut,
+                } => {
+                    let target: Weak<ConnShared> = Rc::downgrade(&self.shared);
+                    glommio::spawn_local(async move {
+                        let msg = fut.await;
+                        if let Some(conn) = target.upgrade() {
+                            conn.post(Info {
+                                topic,
+                                join_ref,
+                                msg,
+                            });
+                        }
+                    })
+                    .detach();
+                }
             }
         }
         // Keep the allocation for the next callback.
