@@ -85,80 +85,93 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
     };
     buf.advance(head.head_len);
-
-    let reply = |bytes: Vec<u8>| {
-        let stream = stream.clone();
-        async move {
+    // `head` (headers, query strings) is dropped here, before the long-lived session.
+    let route = route(&shard, head, peer);
+    match route {
+        Route::Respond(bytes) => {
             let _ = stream.write_all(&bytes).await;
             stream.shutdown_write();
         }
-    };
+        Route::Upgrade { accept, session } => {
+            if stream
+                .write_all(&switching_protocols(&accept))
+                .await
+                .is_ok()
+            {
+                run_session(shard, stream, buf, session).await;
+            }
+        }
+    }
+}
+
+enum Route {
+    /// A plain HTTP answer, then close.
+    Respond(Vec<u8>),
+    /// Answer 101 with this accept key and run the session.
+    Upgrade { accept: String, session: Session },
+}
+
+/// Decides what a request head gets: `/health`, `/metrics`, a WebSocket session, or an error.
+fn route(
+    shard: &Shard,
+    head: crate::protocol::http::RequestHead,
+    peer: Option<std::net::SocketAddr>,
+) -> Route {
+    let metrics = shard.metrics();
     let upgrade = check_upgrade(&head);
-    let session = match (head.path.as_str(), &upgrade) {
-        ("/health", UpgradeCheck::NotUpgrade) => {
-            return reply(http_endpoints::health(
-                shard.all_metrics(),
-                shard.is_draining(),
-            ))
-            .await;
-        }
+    let text = |status: u16, body: &[u8]| Route::Respond(response(status, "text/plain", body));
+    match (head.path.as_str(), upgrade) {
+        ("/health", UpgradeCheck::NotUpgrade) => Route::Respond(http_endpoints::health(
+            shard.all_metrics(),
+            shard.is_draining(),
+        )),
         ("/metrics", UpgradeCheck::NotUpgrade) => {
-            return reply(http_endpoints::metrics(shard.all_metrics())).await;
+            Route::Respond(http_endpoints::metrics(shard.all_metrics()))
         }
-        ("/socket/websocket", _) | ("/echo", _) if shard.is_draining() => {
-            return reply(response(503, "text/plain", b"server is shutting down")).await;
+        ("/socket/websocket" | "/echo", _) if shard.is_draining() => {
+            text(503, b"server is shutting down")
         }
-        ("/socket/websocket", UpgradeCheck::Accept(_)) => {
+        ("/socket/websocket", UpgradeCheck::Accept(accept)) => {
             let vsn = head
                 .query
                 .iter()
                 .find(|(k, _)| k == "vsn")
                 .map(|(_, v)| v.as_str());
             let Some(serializer) = Serializer::from_vsn(vsn) else {
-                ShardMetrics::inc(&shard.metrics().handshake_failures);
-                return reply(response(
-                    400,
-                    "text/plain",
-                    b"unsupported vsn (1.0.0 or 2.0.0)",
-                ))
-                .await;
+                ShardMetrics::inc(&metrics.handshake_failures);
+                return text(400, b"unsupported vsn (1.0.0 or 2.0.0)");
             };
             let info = ConnectInfo {
-                params: head.query.clone(),
+                params: head.query,
                 peer: peer.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
             };
             match shard.app.socket.connect(&info) {
-                Ok(assigns) => Session::Phoenix {
-                    serializer,
-                    assigns,
+                Ok(assigns) => Route::Upgrade {
+                    accept,
+                    session: Session::Phoenix {
+                        serializer,
+                        assigns,
+                    },
                 },
                 Err(refused) => {
-                    ShardMetrics::inc(&shard.metrics().connect_refused);
-                    return reply(response(403, "text/plain", refused.reason.as_bytes())).await;
+                    ShardMetrics::inc(&metrics.connect_refused);
+                    text(403, refused.reason.as_bytes())
                 }
             }
         }
-        ("/echo", UpgradeCheck::Accept(_)) if shard.config.echo_endpoint => Session::Echo,
+        ("/echo", UpgradeCheck::Accept(accept)) if shard.config.echo_endpoint => Route::Upgrade {
+            accept,
+            session: Session::Echo,
+        },
         ("/socket/websocket" | "/echo", UpgradeCheck::Refuse(status, why)) => {
-            ShardMetrics::inc(&shard.metrics().handshake_failures);
-            return reply(response(*status, "text/plain", why.as_bytes())).await;
+            ShardMetrics::inc(&metrics.handshake_failures);
+            text(status, why.as_bytes())
         }
         ("/socket/websocket", UpgradeCheck::NotUpgrade) => {
-            return reply(response(400, "text/plain", b"expected a WebSocket upgrade")).await;
+            text(400, b"expected a WebSocket upgrade")
         }
-        _ => return reply(response(404, "text/plain", b"not found")).await,
-    };
-    let UpgradeCheck::Accept(accept) = upgrade else {
-        unreachable!("sessions start only on Accept")
-    };
-    if stream
-        .write_all(&switching_protocols(&accept))
-        .await
-        .is_err()
-    {
-        return;
+        _ => text(404, b"not found"),
     }
-    run_session(shard, stream, buf, session).await;
 }
 
 enum Session {
@@ -254,6 +267,10 @@ async fn run_session(
             }
         }
         glommio::yield_if_needed().await;
+        if buf.is_empty() && buf.capacity() > 0 {
+            // Idle connections hold no receive memory: reads land in the shard's scratch buffer.
+            buf = BytesMut::new();
+        }
         match next_wake(&shard, &stream, &shared, &mut buf).await {
             Wake::Data => {}
             Wake::Info(info) => {
@@ -488,10 +505,11 @@ impl Conn {
                         serializer,
                         outbound: self.shared.outbound.clone(),
                     };
-                    pubsub::subscribe(&self.shard, topic, sub).await;
+                    // Boxed: rare (joins), and large; keeps every connection's task small.
+                    Box::pin(pubsub::subscribe(&self.shard, topic, sub)).await;
                 }
                 Effect::Unsubscribe(topic) => {
-                    pubsub::unsubscribe(&self.shard, topic, self.conn_id).await
+                    Box::pin(pubsub::unsubscribe(&self.shard, topic, self.conn_id)).await
                 }
                 Effect::Info {
                     delay: None,
@@ -524,7 +542,7 @@ impl Conn {
                 }
                 Effect::Close { code, reason } => self.close(code, reason),
                 Effect::RunOnOwner { topic, task } => {
-                    crate::shard::owner::dispatch(&self.shard, topic, task).await
+                    Box::pin(crate::shard::owner::dispatch(&self.shard, topic, task)).await
                 }
                 Effect::Spawn {
                     topic,

@@ -10,22 +10,18 @@ use glommio::net::TcpStream;
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub struct SharedStream {
     inner: RefCell<TcpStream>,
-    fd: RawFd,
 }
 
 impl SharedStream {
     pub fn new(stream: TcpStream) -> SharedStream {
-        let fd = stream.as_raw_fd();
         SharedStream {
             inner: RefCell::new(stream),
-            fd,
         }
     }
 
@@ -52,10 +48,8 @@ impl SharedStream {
     /// One non-blocking vectored send of as much of `bufs` as the socket takes now.
     /// `WouldBlock` means the socket buffer is full.
     pub fn try_send_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        // SAFETY: `fd` belongs to the `TcpStream` owned by `self`, so it is open for as long as
-        // `self` lives; the `BorrowedFd` does not outlive this call.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
-        socket2::SockRef::from(&fd)
+        let stream = self.inner.borrow();
+        socket2::SockRef::from(&*stream)
             .send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     }
 
@@ -68,8 +62,7 @@ impl SharedStream {
     }
 
     pub fn shutdown_write(&self) {
-        // SAFETY: as in `try_send_vectored`.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
-        let _ = socket2::SockRef::from(&fd).shutdown(Shutdown::Write);
+        let stream = self.inner.borrow();
+        let _ = socket2::SockRef::from(&*stream).shutdown(Shutdown::Write);
     }
 }
