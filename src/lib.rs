@@ -11,8 +11,12 @@
 //! - [`channel`]: the Phoenix-style channel API that features (and users) implement, the socket
 //!   state machine that routes pushes to channels, and the built-in `echo:*` channel.
 //! - [`ops`]: configuration, metrics, health and logging.
+//! - [`features`]: the built-in channels, written with the public channel API: token auth,
+//!   `room:*` (chat with history, typing, presence) and `collaboration:*` (cursors, selections).
+//! - [`storage`]: the embedded database (SQLite on its own thread, batched transactions).
 
 pub mod channel;
+pub mod document;
 pub mod ops;
 pub mod protocol;
 pub mod shard;
