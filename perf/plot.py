@@ -15,7 +15,8 @@ for name, color in (("shardcast", "tab:blue"), ("peer", "tab:orange")):
     points = []
     for path in glob.glob(os.path.join(out, f"fanout-{name}-*.json")) + glob.glob(os.path.join(out, f"search-{name}.json")):
         for r in json.load(open(path))["results"]:
-            if r["latency"]["count"]:
+            # Runs that lost messages (slow consumers dropped) are not comparable: left out.
+            if r["latency"]["count"] and r["lost"] == 0:
                 points.append((r["delivered_per_sec"] / 1e6, r["latency"]["p50_us"] / 1000, r["latency"]["p99_us"] / 1000))
     points.sort()
     if not points:

@@ -18,7 +18,7 @@ BENCH=target/release/shardcast-bench
 
 start_server() { # name port -> sets PID
   case "$1" in
-    shardcast) taskset -c "$SERVER_CPU" target/release/shardcast serve --listen "127.0.0.1:$2" --shards 1 --data-dir "$(mktemp -d)" 2>>"$OUT/server-$1.log" & ;;
+    shardcast) SHARDCAST_AUTH__ALLOW_ANONYMOUS=true taskset -c "$SERVER_CPU" target/release/shardcast serve --listen "127.0.0.1:$2" --shards 1 --data-dir "$(mktemp -d)" 2>>"$OUT/server-$1.log" & ;;
     peer) taskset -c "$SERVER_CPU" "$PEER_BIN" --listen "127.0.0.1:$2" --threads 1 2>>"$OUT/server-$1.log" & ;;
   esac
   PID=$!

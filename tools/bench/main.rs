@@ -523,7 +523,10 @@ async fn publish(
         };
         let batch = due.saturating_sub(sent).min(1024);
         if batch == 0 {
-            glommio::timer::sleep(Duration::from_micros(500)).await;
+            // Sleep until the next publish is due (slow publishers must not spin the harness).
+            let next = Duration::from_secs_f64((sent + 1) as f64 / rate);
+            let wait = next.saturating_sub(start.elapsed()).max(Duration::from_micros(50));
+            glommio::timer::sleep(wait.min(secs.saturating_sub(start.elapsed()))).await;
             continue;
         }
         buf.clear();
@@ -642,9 +645,13 @@ fn search(args: &Args, server: SocketAddr) -> anyhow::Result<Vec<RunResult>> {
         } else {
             bad = Some(bad.map_or(rate, |b: f64| b.min(rate)));
         }
+        if rate < 1.0 {
+            break;
+        }
         rate = match (good, bad) {
             (Some(g), None) => g * 2.0,
-            (None, Some(b)) => b / 2.0,
+            (None, Some(b)) if b / 2.0 >= 1.0 => b / 2.0,
+            (None, Some(_)) => break,
             (Some(g), Some(b)) if b / g > 1.1 => (g + b) / 2.0,
             _ => break,
         };
