@@ -3,6 +3,7 @@ use crate::protocol::phoenix::{encode, ByteString, EncodeError, Outgoing, Serial
 use crate::shard::mesh::OwnerTask;
 use crate::shard::owner::OwnerCtx;
 use crate::shard::pubsub::Broadcast;
+pub use crate::transport::outbound::Delivery;
 use bytes::{Bytes, BytesMut};
 use std::any::Any;
 use std::sync::Arc;
@@ -153,6 +154,15 @@ impl<'a> ChannelCtx<'a> {
     /// Sends `event` to every subscriber of this topic except this client.
     pub fn broadcast_from(&mut self, event: &str, payload: &Payload) {
         self.broadcast_to(self.topic.clone(), event, payload, Some(self.conn.conn_id));
+    }
+
+    /// Like [`ChannelCtx::broadcast_from`], under a delivery policy for subscribers that are
+    /// behind: [`Delivery::Latest`] for state where only the newest value matters,
+    /// [`Delivery::Budget`] for lossy streams.
+    pub fn broadcast_from_with(&mut self, event: &str, payload: &Payload, delivery: Delivery) {
+        let msg = Broadcast::new(self.topic.clone(), ByteString::from(event), payload.clone(), Some(self.conn.conn_id), self.out.arena)
+            .with_delivery(delivery);
+        self.out.effects.push(Effect::Broadcast(Arc::new(msg)));
     }
 
     /// Sends `event` to every subscriber of any `topic` (for example a user's private topic).

@@ -18,7 +18,7 @@ pub mod socket;
 
 pub use crate::protocol::phoenix::{ByteString, Payload, PayloadError};
 pub use crate::shard::owner::OwnerCtx;
-pub use ctx::{ChannelCtx, ConnAddr, Effect, ReplyRef};
+pub use ctx::{ChannelCtx, ConnAddr, Delivery, Effect, ReplyRef};
 pub use router::Router;
 
 use std::any::Any;

@@ -38,6 +38,7 @@ shard_metrics! {
     write_syscalls: "counter", "Vectored write calls made to sockets.";
     broadcasts: "counter", "Broadcasts published from this shard.";
     deliveries: "counter", "Broadcast frames queued to subscribers on this shard.";
+    frames_dropped_by_policy: "counter", "Queued frames replaced (latest value wins) or dropped (per-sender budget) for subscribers that were behind.";
     slow_consumer_disconnects: "counter", "Connections closed (1013) because their outbound backlog exceeded the limit.";
     protocol_errors: "counter", "Connections closed for a WebSocket or Phoenix protocol violation.";
     idle_timeouts: "counter", "Connections closed for silence past the idle timeout.";

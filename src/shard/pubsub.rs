@@ -12,7 +12,7 @@ use super::owner;
 use crate::channel::{ConnId, Payload, Topic};
 use crate::ops::metrics::ShardMetrics;
 use crate::protocol::phoenix::{encode, ByteString, Outgoing, Serializer};
-use crate::transport::outbound::Outbound;
+use crate::transport::outbound::{Delivery, Outbound};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -25,6 +25,8 @@ pub struct Broadcast {
     pub payload: Payload,
     /// The publishing connection, for `broadcast_from`.
     pub exclude: Option<ConnId>,
+    /// How each subscriber's queue treats this frame when the subscriber is behind.
+    pub delivery: Delivery,
     /// The V2 frame, encoded by the publisher (`None` if it cannot be: a field over 255 bytes
     /// in a binary frame).
     v2: Option<Bytes>,
@@ -46,9 +48,16 @@ impl Broadcast {
             event,
             payload,
             exclude,
+            delivery: Delivery::Reliable,
             v2,
             v1: OnceLock::new(),
         }
+    }
+
+    /// Sets the delivery policy (latest-value for state, a per-sender budget for audio).
+    pub fn with_delivery(mut self, delivery: Delivery) -> Broadcast {
+        self.delivery = delivery;
+        self
     }
 
     /// The frame for a subscriber speaking `ser`, or `None` if this message cannot be expressed
@@ -135,23 +144,24 @@ impl Topics {
         }
     }
 
-    /// Queues `msg` to every local subscriber; returns how many got it.
-    pub fn deliver_local(&self, msg: &Broadcast) -> u64 {
+    /// Queues `msg` to every local subscriber; returns how many took it and how many older
+    /// frames gave way under the message's delivery policy.
+    pub fn deliver_local(&self, msg: &Broadcast) -> (u64, u64) {
         let Some(entry) = self.local.get(&msg.topic) else {
-            return 0;
+            return (0, 0);
         };
-        let mut delivered = 0;
+        let (mut delivered, mut dropped) = (0, 0);
         for sub in &entry.subscribers {
             if Some(sub.conn_id) == msg.exclude {
                 continue;
             }
             if let Some(frame) = msg.frame_for(sub.serializer) {
-                if sub.outbound.push(frame.clone()) {
-                    delivered += 1;
-                }
+                let pushed = sub.outbound.push_with(frame.clone(), msg.delivery);
+                delivered += u64::from(pushed.accepted());
+                dropped += u64::from(pushed.dropped_one());
             }
         }
-        delivered
+        (delivered, dropped)
     }
 
     pub fn local_subscriber_count(&self, topic: &str) -> usize {
@@ -235,8 +245,9 @@ pub async fn publish(shard: &Shard, msg: Arc<Broadcast>) {
 }
 
 pub(crate) fn deliver(shard: &Shard, msg: &Broadcast) {
-    let n = shard.topics.borrow().deliver_local(msg);
-    ShardMetrics::add(&shard.metrics().deliveries, n);
+    let (delivered, dropped) = shard.topics.borrow().deliver_local(msg);
+    ShardMetrics::add(&shard.metrics().deliveries, delivered);
+    ShardMetrics::add(&shard.metrics().frames_dropped_by_policy, dropped);
 }
 
 pub(crate) async fn forward(shard: &Shard, msg: Arc<Broadcast>, origin: usize) {

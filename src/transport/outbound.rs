@@ -23,11 +23,40 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::task::{Context, Poll, Waker};
 
+/// How a queued frame may be treated when the subscriber is behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
+    /// Queued in order; never dropped (the connection is closed as a slow consumer instead).
     Reliable,
-    /// Latest value wins among frames with the same key.
+    /// Latest value wins among frames with the same key (game state).
     Latest(u64),
+    /// At most `max` frames with this key wait in the queue; a new one drops the oldest
+    /// (bounded, lossy streams such as one sender's audio).
+    Budget { key: u64, max: u16 },
+}
+
+/// What [`Outbound::push_with`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// A queued frame with the same `Latest` key was replaced.
+    Replaced,
+    /// The oldest queued frame with the same `Budget` key was dropped to make room.
+    DroppedOldest,
+    /// The connection no longer accepts frames (closing, or now closed as a slow consumer).
+    Refused,
+}
+
+impl Pushed {
+    /// The frame is on its way to the subscriber.
+    pub fn accepted(self) -> bool {
+        self != Pushed::Refused
+    }
+
+    /// An older frame gave way to this one.
+    pub fn dropped_one(self) -> bool {
+        matches!(self, Pushed::Replaced | Pushed::DroppedOldest)
+    }
 }
 
 struct Queued {
@@ -89,50 +118,53 @@ impl Outbound {
 
     /// Queues a frame in order. Returns false if the connection no longer accepts frames.
     pub fn push(&self, bytes: Bytes) -> bool {
-        self.push_with(bytes, Delivery::Reliable)
+        self.push_with(bytes, Delivery::Reliable).accepted()
     }
 
-    pub fn push_with(&self, bytes: Bytes, delivery: Delivery) -> bool {
+    /// Queues a frame under a delivery policy.
+    pub fn push_with(&self, bytes: Bytes, delivery: Delivery) -> Pushed {
         let mut inner = self.inner.borrow_mut();
         if inner.state != State::Open {
-            return false;
+            return Pushed::Refused;
         }
-        if let Delivery::Latest(key) = delivery {
-            let head_started = inner.head_written > 0;
-            let replace_at = inner
-                .frames
-                .iter()
-                .enumerate()
-                .skip(usize::from(head_started))
-                .find(|(_, q)| q.delivery == delivery)
-                .map(|(i, _)| i);
-            if let Some(i) = replace_at {
-                let old = std::mem::replace(
-                    &mut inner.frames[i],
-                    Queued {
-                        bytes,
-                        delivery: Delivery::Latest(key),
-                    },
-                );
-                inner.queued_bytes =
-                    inner.queued_bytes - old.bytes.len() + inner.frames[i].bytes.len();
-                return true;
+        // Frames already being written cannot be replaced or dropped.
+        let first_free = usize::from(inner.head_written > 0);
+        let mut outcome = Pushed::Queued;
+        match delivery {
+            Delivery::Reliable => {}
+            Delivery::Latest(_) => {
+                let same = inner.frames.iter().skip(first_free).position(|q| q.delivery == delivery);
+                if let Some(i) = same.map(|i| i + first_free) {
+                    let old = std::mem::replace(&mut inner.frames[i], Queued { bytes, delivery });
+                    inner.queued_bytes = inner.queued_bytes - old.bytes.len() + inner.frames[i].bytes.len();
+                    return Pushed::Replaced;
+                }
+            }
+            Delivery::Budget { key, max } => {
+                let same_key = |q: &Queued| matches!(q.delivery, Delivery::Budget { key: k, .. } if k == key);
+                let waiting = inner.frames.iter().skip(first_free).filter(|q| same_key(q)).count();
+                if waiting >= usize::from(max.max(1)) {
+                    let oldest = inner.frames.iter().skip(first_free).position(same_key).map(|i| i + first_free);
+                    if let Some(old) = oldest.and_then(|i| inner.frames.remove(i)) {
+                        inner.queued_bytes -= old.bytes.len();
+                        outcome = Pushed::DroppedOldest;
+                    }
+                }
             }
         }
         // One frame larger than the byte bound still goes out when nothing else is queued.
         let over = inner.frames.len() >= self.limits.max_frames
-            || (!inner.frames.is_empty()
-                && inner.queued_bytes + bytes.len() > self.limits.max_bytes);
+            || (!inner.frames.is_empty() && inner.queued_bytes + bytes.len() > self.limits.max_bytes);
         if over {
             self.overflow(&mut inner);
-            return false;
+            return Pushed::Refused;
         }
         inner.queued_bytes += bytes.len();
         inner.frames.push_back(Queued { bytes, delivery });
         if let Some(w) = inner.writer.take() {
             w.wake();
         }
-        true
+        outcome
     }
 
     fn overflow(&self, inner: &mut Inner) {
@@ -406,12 +438,38 @@ mod tests {
         let out = Outbound::new(limits(10, 1000));
         out.push_with(Bytes::from_static(b"a1"), Delivery::Latest(1));
         out.push_with(Bytes::from_static(b"b1"), Delivery::Latest(2));
-        out.push_with(Bytes::from_static(b"a2"), Delivery::Latest(1));
+        assert_eq!(out.push_with(Bytes::from_static(b"a2"), Delivery::Latest(1)), Pushed::Replaced);
         out.push(Bytes::from_static(b"r"));
         let inner = out.inner.borrow();
         let got: Vec<&[u8]> = inner.frames.iter().map(|q| &q.bytes[..]).collect();
         assert_eq!(got, vec![&b"a2"[..], b"b1", b"r"]);
         assert_eq!(inner.queued_bytes, 5);
+    }
+
+    #[test]
+    fn budget_drops_the_oldest_frame_of_the_same_key() {
+        let out = Outbound::new(limits(10, 1000));
+        let audio = |k| Delivery::Budget { key: k, max: 2 };
+        assert_eq!(out.push_with(Bytes::from_static(b"a1"), audio(1)), Pushed::Queued);
+        assert_eq!(out.push_with(Bytes::from_static(b"b1"), audio(2)), Pushed::Queued);
+        assert_eq!(out.push_with(Bytes::from_static(b"a2"), audio(1)), Pushed::Queued);
+        assert_eq!(out.push_with(Bytes::from_static(b"a3"), audio(1)), Pushed::DroppedOldest);
+        let inner = out.inner.borrow();
+        let got: Vec<&[u8]> = inner.frames.iter().map(|q| &q.bytes[..]).collect();
+        assert_eq!(got, vec![&b"b1"[..], b"a2", b"a3"]);
+        assert_eq!(inner.queued_bytes, 6);
+    }
+
+    #[test]
+    fn frames_being_written_are_never_replaced() {
+        let out = Outbound::new(limits(10, 1000));
+        out.push_with(Bytes::from_static(b"s1"), Delivery::Latest(7));
+        out.consume(1);
+        assert_eq!(out.push_with(Bytes::from_static(b"s2"), Delivery::Latest(7)), Pushed::Queued);
+        assert_eq!(out.push_with(Bytes::from_static(b"s3"), Delivery::Latest(7)), Pushed::Replaced);
+        let inner = out.inner.borrow();
+        let got: Vec<&[u8]> = inner.frames.iter().map(|q| &q.bytes[..]).collect();
+        assert_eq!(got, vec![&b"s1"[..], b"s3"]);
     }
 
     #[test]
