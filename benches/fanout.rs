@@ -24,10 +24,12 @@ fn run(label: &str, args: &[&str], url: &str) {
 }
 
 fn main() {
-    let mut config = Config::default();
-    config.shards = 1;
-    config.pin_shards = false;
-    config.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = Config {
+        shards: 1,
+        pin_shards: false,
+        listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        ..Config::default()
+    };
     let server = Server::start(config.clone(), App::default()).expect("server starts");
     let url = format!("ws://{}/socket", config.listen);
     let pid = std::process::id().to_string();

@@ -17,9 +17,11 @@
 
 pub mod channel;
 pub mod document;
+pub mod features;
 pub mod ops;
 pub mod protocol;
 pub mod shard;
+pub mod storage;
 pub mod transport;
 
 pub use channel::{

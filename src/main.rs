@@ -3,7 +3,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use shardcast::channel::App;
+use shardcast::features::auth::{resolve_secret, Authenticator, Claims, SecretSource};
+use shardcast::features::default_app;
+use shardcast::storage::StorageThread;
 use shardcast::{Config, Server};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +44,31 @@ enum Command {
         #[arg(long)]
         echo_endpoint: bool,
     },
+    /// Print a token signed with the secret `serve` uses for the same config and data directory
+    /// (for development and tests).
+    Token {
+        /// User id (the `sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Avatar URL.
+        #[arg(long)]
+        avatar: Option<String>,
+        /// Topic patterns the user may join (`room:*`, `document:42`); default: any.
+        #[arg(long, num_args = 1.., value_name = "PATTERN")]
+        rooms: Vec<String>,
+        /// Seconds until the token expires.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+        /// TOML config file, as for `serve`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory, as for `serve` [default: ./data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +96,36 @@ fn main() -> anyhow::Result<()> {
             init_logging(&cfg);
             serve(cfg)
         }
+        Command::Token {
+            sub,
+            name,
+            avatar,
+            rooms,
+            ttl,
+            config,
+            data_dir,
+        } => {
+            let mut cfg = Config::load(config.as_deref()).context("loading configuration")?;
+            if let Some(dir) = data_dir {
+                cfg.data_dir = dir;
+            }
+            cfg.validate().context("invalid configuration")?;
+            let (key, source) = resolve_secret(&cfg).context("resolving the auth secret")?;
+            if let SecretSource::Generated(path) = &source {
+                eprintln!("generated a new auth secret in {}", path.display());
+            }
+            let mut claims = Claims::new(sub, name, ttl);
+            claims.avatar = avatar;
+            claims.rooms = (!rooms.is_empty()).then_some(rooms);
+            let auth = Authenticator::new(key, cfg.auth.allow_anonymous);
+            // What `serve` would check: refuse to print a token it would refuse.
+            if ttl > 0 {
+                auth.verify(&auth.sign(&claims))
+                    .context("the token would be refused")?;
+            }
+            println!("{}", auth.sign(&claims));
+            Ok(())
+        }
     }
 }
 
@@ -94,11 +151,16 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         signal_hook::consts::SIGTERM,
     ])
     .context("installing signal handlers")?;
-    let server = Server::start(cfg, App::default()).context("starting server")?;
+    // Storage first: channels reach it from the first connection on; it stops after the
+    // shards, once everything they queued is answered.
+    let storage = StorageThread::start(&cfg.storage, &cfg.data_dir).context("opening storage")?;
+    let app = default_app(&cfg, storage.handle()).context("setting up the channels")?;
+    let server = Server::start(cfg, app).context("starting server")?;
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down: draining connections");
     }
     server.shutdown().context("shutting down")?;
+    storage.stop().context("stopping storage")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -160,8 +160,14 @@ impl<'a> ChannelCtx<'a> {
     /// behind: [`Delivery::Latest`] for state where only the newest value matters,
     /// [`Delivery::Budget`] for lossy streams.
     pub fn broadcast_from_with(&mut self, event: &str, payload: &Payload, delivery: Delivery) {
-        let msg = Broadcast::new(self.topic.clone(), ByteString::from(event), payload.clone(), Some(self.conn.conn_id), self.out.arena)
-            .with_delivery(delivery);
+        let msg = Broadcast::new(
+            self.topic.clone(),
+            ByteString::from(event),
+            payload.clone(),
+            Some(self.conn.conn_id),
+            self.out.arena,
+        )
+        .with_delivery(delivery);
         self.out.effects.push(Effect::Broadcast(Arc::new(msg)));
     }
 

@@ -48,6 +48,10 @@ pub struct Config {
     pub outbound: OutboundConfig,
     pub mesh: MeshConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub rooms: RoomsConfig,
+    pub storage: StorageConfig,
+    pub documents: DocumentsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +101,168 @@ pub struct LogConfig {
     pub level: String,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 key for socket and join tokens (at least 32 bytes). Empty: a random secret is
+    /// generated once into `<data_dir>/auth_secret` (mode 0600) and a warning is logged.
+    pub secret: String,
+    /// Accept sockets without a token as guests (local demos). A token that is present is
+    /// still checked.
+    pub allow_anonymous: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Messages a room keeps in memory and sends in `room_state`.
+    pub history_limit: usize,
+    /// Largest message body, in bytes of UTF-8 after trimming.
+    pub max_message_bytes: usize,
+    /// A typing user who sends nothing for this long is announced as stopped.
+    pub typing_timeout_ms: u64,
+    /// Connections one room or document may have joined at once; later joins are refused.
+    pub max_members: usize,
+    /// Messages one connection may have waiting for the storage thread; more are refused.
+    pub max_pending_messages: usize,
+    /// Collaboration channels forward a connection's cursor and selection at most this often
+    /// (the latest value wins).
+    pub cursor_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// SQLite database file; relative paths are under `data_dir`.
+    pub path: PathBuf,
+    /// Requests that may wait for the storage thread; shards wait (without blocking) beyond it.
+    pub queue_capacity: usize,
+    /// Requests committed together in one transaction at most.
+    pub max_batch: usize,
+    /// SQLite `synchronous` in WAL mode: `full` (a commit survives power loss) or `normal`
+    /// (survives a crash of the process, may lose the last commits on power loss).
+    pub synchronous: String,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig {
+            history_limit: 50,
+            max_message_bytes: 4096,
+            typing_timeout_ms: 3000,
+            max_members: 10_000,
+            max_pending_messages: 32,
+            cursor_interval_ms: 50,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: PathBuf::from("shardcast.db"),
+            queue_capacity: 4096,
+            max_batch: 256,
+            synchronous: "full".into(),
+        }
+    }
+}
+
+impl RoomsConfig {
+    pub fn typing_timeout(&self) -> Duration {
+        Duration::from_millis(self.typing_timeout_ms)
+    }
+    pub fn cursor_interval(&self) -> Duration {
+        Duration::from_millis(self.cursor_interval_ms)
+    }
+}
+
+/// `document:<id>` channels: collaborative text documents (operational transform), their
+/// limits and their own database (an append-only operation log with periodic snapshots).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocumentsConfig {
+    /// Create a missing document (empty) on the first join by a user allowed to join it. When
+    /// off, joining a document that is not in the database is refused with
+    /// `{"reason": "Document not found"}` (the set of documents is read at startup).
+    pub create_on_join: bool,
+    /// Most characters (Unicode scalar values) a document may grow to.
+    pub max_chars: usize,
+    /// Largest operation accepted: components plus inserted characters.
+    pub max_op_size: usize,
+    /// Applied operations kept per document to rebase late operations over and to catch up
+    /// re-joining clients; a client further behind gets the whole document again.
+    pub history: usize,
+    /// A snapshot of the text is written every this many operations; a restart loads a
+    /// snapshot and replays the operations logged after it.
+    pub snapshot_every: u64,
+    /// Clients per document whose last `seq` is remembered to recognize resent operations.
+    pub recent_clients: usize,
+    /// Documents a shard keeps in memory at most; idle ones are unloaded first, and joins that
+    /// would load more are refused (`overloaded`).
+    pub max_loaded: usize,
+    /// A document nobody has joined for this long is unloaded from memory.
+    pub idle_unload_ms: u64,
+    /// Operations one channel may have waiting for their acknowledgement; more are refused.
+    pub max_pending_ops: usize,
+    /// The documents database; relative paths are under `data_dir`.
+    pub path: PathBuf,
+    /// Requests waiting for the documents database beyond which operations are refused
+    /// (`overloaded`) until it catches up.
+    pub queue_capacity: usize,
+    /// Requests committed together in one transaction at most.
+    pub max_batch: usize,
+    /// SQLite `synchronous`: `full` (an acknowledged operation survives power loss) or
+    /// `normal` (survives a crash of the process).
+    pub synchronous: String,
+}
+
+impl Default for DocumentsConfig {
+    fn default() -> Self {
+        DocumentsConfig {
+            create_on_join: true,
+            max_chars: 5_000_000,
+            max_op_size: 100_000,
+            history: 1_000,
+            snapshot_every: 500,
+            recent_clients: 10_000,
+            max_loaded: 10_000,
+            idle_unload_ms: 60_000,
+            max_pending_ops: 64,
+            path: PathBuf::from("documents.sqlite3"),
+            queue_capacity: 65_536,
+            max_batch: 1_024,
+            synchronous: "full".into(),
+        }
+    }
+}
+
+impl DocumentsConfig {
+    /// The database file: `path`, under `data_dir` when relative.
+    pub fn database_path(&self, data_dir: &Path) -> PathBuf {
+        if self.path.is_absolute() {
+            self.path.clone()
+        } else {
+            data_dir.join(&self.path)
+        }
+    }
+
+    pub fn idle_unload(&self) -> Duration {
+        Duration::from_millis(self.idle_unload_ms)
+    }
+}
+
+impl StorageConfig {
+    /// The database file: `path`, under `data_dir` when relative.
+    pub fn database_path(&self, data_dir: &Path) -> PathBuf {
+        if self.path.is_absolute() {
+            self.path.clone()
+        } else {
+            data_dir.join(&self.path)
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -111,6 +277,10 @@ impl Default for Config {
             outbound: OutboundConfig::default(),
             mesh: MeshConfig::default(),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            rooms: RoomsConfig::default(),
+            storage: StorageConfig::default(),
+            documents: DocumentsConfig::default(),
         }
     }
 }
@@ -257,6 +427,95 @@ impl Config {
                 "mesh.queue_capacity must be > 0",
             ),
             (self.io_memory >= 64 * 1024, "io_memory must be >= 65536"),
+            (
+                self.auth.secret.is_empty() || self.auth.secret.len() >= 32,
+                "auth.secret must be empty (generated) or at least 32 bytes",
+            ),
+            (
+                (1..=1000).contains(&self.rooms.history_limit),
+                "rooms.history_limit must be within 1..=1000",
+            ),
+            (
+                (1..=65536).contains(&self.rooms.max_message_bytes),
+                "rooms.max_message_bytes must be within 1..=65536",
+            ),
+            (
+                self.rooms.typing_timeout_ms > 0,
+                "rooms.typing_timeout_ms must be > 0",
+            ),
+            (self.rooms.max_members > 0, "rooms.max_members must be > 0"),
+            (
+                self.rooms.max_pending_messages > 0,
+                "rooms.max_pending_messages must be > 0",
+            ),
+            (
+                self.rooms.cursor_interval_ms <= 10_000,
+                "rooms.cursor_interval_ms must be <= 10000",
+            ),
+            (
+                !self.storage.path.as_os_str().is_empty(),
+                "storage.path must not be empty",
+            ),
+            (
+                self.storage.queue_capacity > 0,
+                "storage.queue_capacity must be > 0",
+            ),
+            (
+                (1..=10_000).contains(&self.storage.max_batch),
+                "storage.max_batch must be within 1..=10000",
+            ),
+            (
+                matches!(self.storage.synchronous.as_str(), "full" | "normal"),
+                "storage.synchronous must be \"full\" or \"normal\"",
+            ),
+            (
+                self.documents.max_chars > 0,
+                "documents.max_chars must be > 0",
+            ),
+            (
+                self.documents.max_op_size > 0,
+                "documents.max_op_size must be > 0",
+            ),
+            (
+                (1..=1_000_000).contains(&self.documents.history),
+                "documents.history must be within 1..=1000000",
+            ),
+            (
+                self.documents.snapshot_every > 0,
+                "documents.snapshot_every must be > 0",
+            ),
+            (
+                self.documents.recent_clients > 0,
+                "documents.recent_clients must be > 0",
+            ),
+            (
+                self.documents.max_loaded > 0,
+                "documents.max_loaded must be > 0",
+            ),
+            (
+                self.documents.idle_unload_ms > 0,
+                "documents.idle_unload_ms must be > 0",
+            ),
+            (
+                self.documents.max_pending_ops > 0,
+                "documents.max_pending_ops must be > 0",
+            ),
+            (
+                !self.documents.path.as_os_str().is_empty(),
+                "documents.path must not be empty",
+            ),
+            (
+                self.documents.queue_capacity > 0,
+                "documents.queue_capacity must be > 0",
+            ),
+            (
+                (1..=100_000).contains(&self.documents.max_batch),
+                "documents.max_batch must be within 1..=100000",
+            ),
+            (
+                matches!(self.documents.synchronous.as_str(), "full" | "normal"),
+                "documents.synchronous must be \"full\" or \"normal\"",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err(ConfigError::Invalid((*msg).to_string())),
@@ -358,5 +617,67 @@ mod tests {
             env(&[("SHARDCAST_OUTBOUND__MAX_QUEUED_FRAMES", "0")])
         )
         .is_err());
+    }
+
+    #[test]
+    fn documents_section_has_defaults_and_is_validated() {
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert!(c.documents.create_on_join);
+        assert_eq!(c.documents.history, 1_000);
+        assert_eq!(
+            c.documents.database_path(Path::new("/d")),
+            PathBuf::from("/d/documents.sqlite3")
+        );
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("SHARDCAST_DOCUMENTS__CREATE_ON_JOIN", "false"),
+                ("SHARDCAST_DOCUMENTS__SNAPSHOT_EVERY", "10"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.documents.create_on_join);
+        assert_eq!(c.documents.snapshot_every, 10);
+        for bad in [
+            ("SHARDCAST_DOCUMENTS__HISTORY", "0"),
+            ("SHARDCAST_DOCUMENTS__SNAPSHOT_EVERY", "0"),
+            ("SHARDCAST_DOCUMENTS__MAX_CHARS", "0"),
+            ("SHARDCAST_DOCUMENTS__SYNCHRONOUS", "off"),
+            ("SHARDCAST_DOCUMENTS__NO_SUCH_KEY", "1"),
+        ] {
+            assert!(Config::load_with_env(None, env(&[bad])).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn feature_sections_have_defaults_and_are_validated() {
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert!(c.auth.secret.is_empty() && !c.auth.allow_anonymous);
+        assert_eq!(c.rooms.history_limit, 50);
+        assert_eq!(c.rooms.max_message_bytes, 4096);
+        assert_eq!(c.rooms.typing_timeout_ms, 3000);
+        assert_eq!(
+            c.storage.database_path(Path::new("/d")),
+            PathBuf::from("/d/shardcast.db")
+        );
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("SHARDCAST_AUTH__ALLOW_ANONYMOUS", "true"),
+                ("SHARDCAST_ROOMS__TYPING_TIMEOUT_MS", "500"),
+                ("SHARDCAST_STORAGE__SYNCHRONOUS", "normal"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.auth.allow_anonymous);
+        assert_eq!(c.rooms.typing_timeout_ms, 500);
+        for bad in [
+            ("SHARDCAST_AUTH__SECRET", "short"),
+            ("SHARDCAST_ROOMS__MAX_MESSAGE_BYTES", "0"),
+            ("SHARDCAST_STORAGE__SYNCHRONOUS", "off"),
+            ("SHARDCAST_ROOMS__NO_SUCH_KEY", "1"),
+        ] {
+            assert!(Config::load_with_env(None, env(&[bad])).is_err(), "{bad:?}");
+        }
     }
 }

@@ -9,7 +9,7 @@
 use super::context::Shard;
 use super::mesh::{ConnMessage, OwnerTask, ShardMsg};
 use super::pubsub::{self, Broadcast};
-use crate::channel::{ConnAddr, Payload, Topic};
+use crate::channel::{ConnAddr, ConnId, Payload, Topic};
 use crate::protocol::phoenix::ByteString;
 use std::any::Any;
 use std::cell::RefCell;
@@ -52,12 +52,22 @@ impl OwnerCtx<'_> {
 
     /// Broadcasts on this task's topic to every subscriber on every shard.
     pub fn broadcast(&mut self, event: &str, payload: &Payload) {
+        self.publish(event, payload, None);
+    }
+
+    /// Broadcasts on this task's topic to every subscriber except the connection `exclude`
+    /// (the one whose push caused it).
+    pub fn broadcast_from(&mut self, event: &str, payload: &Payload, exclude: ConnId) {
+        self.publish(event, payload, Some(exclude));
+    }
+
+    fn publish(&mut self, event: &str, payload: &Payload, exclude: Option<ConnId>) {
         let msg = self.shard.with_arena(|arena| {
             Broadcast::new(
                 self.topic.clone(),
                 ByteString::from(event),
                 payload.clone(),
-                None,
+                exclude,
                 arena,
             )
         });
@@ -98,7 +108,8 @@ impl OwnerCtx<'_> {
 
 thread_local! {
     /// The shard running on this thread, for continuations of spawned owner work.
-    static CURRENT_SHARD: RefCell<std::rc::Weak<Shard>> = RefCell::new(std::rc::Weak::new());
+    static CURRENT_SHARD: RefCell<std::rc::Weak<Shard>> =
+        const { RefCell::new(std::rc::Weak::new()) };
 }
 
 /// Records the shard of this executor thread (called once at shard start).

@@ -12,7 +12,8 @@ use super::owner;
 use crate::channel::{ConnId, Payload, Topic};
 use crate::ops::metrics::ShardMetrics;
 use crate::protocol::phoenix::{encode, ByteString, Outgoing, Serializer};
-use crate::transport::outbound::{Delivery, Outbound};
+use crate::transport::connection::ConnShared;
+use crate::transport::outbound::Delivery;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -94,7 +95,7 @@ fn outgoing<'a>(topic: &'a str, event: &'a str, payload: &'a Payload) -> Outgoin
 pub struct Subscriber {
     pub conn_id: ConnId,
     pub serializer: Serializer,
-    pub outbound: Rc<Outbound>,
+    pub conn: Rc<ConnShared>,
 }
 
 struct LocalTopic {
@@ -156,7 +157,7 @@ impl Topics {
                 continue;
             }
             if let Some(frame) = msg.frame_for(sub.serializer) {
-                let pushed = sub.outbound.push_with(frame.clone(), msg.delivery);
+                let pushed = sub.conn.deliver(frame.clone(), msg.delivery);
                 delivered += u64::from(pushed.accepted());
                 dropped += u64::from(pushed.dropped_one());
             }

@@ -3,7 +3,7 @@
 //! messages to the socket state machine and carries out the effects it returns; a writer task
 //! drains the outbound queue.
 
-use super::outbound::{run_writer, Limits, Outbound};
+use super::outbound::{run_writer, Delivery, Limits, Outbound, Pushed};
 use super::stream::SharedStream;
 use crate::channel::ctx::{ConnState, Outbox};
 use crate::channel::socket::{Info, PhoenixSocket};
@@ -30,8 +30,17 @@ use std::task::{Context, Poll};
 /// State shared by a connection's reader, writer, timers and its shard.
 pub struct ConnShared {
     pub outbound: Rc<Outbound>,
-    mailbox: RefCell<VecDeque<Info>>,
+    mailbox: RefCell<VecDeque<Mail>>,
     shutdown: Cell<bool>,
+}
+
+/// What waits in a connection's mailbox, in arrival order.
+enum Mail {
+    /// For a channel's `handle_info`.
+    Info(Info),
+    /// A broadcast frame that arrived while mail was pending: it must not overtake that mail
+    /// (an owner's answer to this connection, then its broadcasts, arrive in the owner's order).
+    Frame(bytes::Bytes, Delivery),
 }
 
 impl ConnShared {
@@ -42,8 +51,26 @@ impl ConnShared {
     }
 
     pub(crate) fn post(&self, info: Info) {
-        self.mailbox.borrow_mut().push_back(info);
+        self.mailbox.borrow_mut().push_back(Mail::Info(info));
         self.outbound.wake_reader();
+    }
+
+    /// Queues a broadcast frame to this connection, behind any mail not yet handled.
+    pub fn deliver(&self, frame: bytes::Bytes, delivery: Delivery) -> Pushed {
+        let mut mailbox = self.mailbox.borrow_mut();
+        if mailbox.is_empty() {
+            drop(mailbox);
+            return self.outbound.push_with(frame, delivery);
+        }
+        if self.outbound.is_closing() {
+            return Pushed::Refused;
+        }
+        mailbox.push_back(Mail::Frame(frame, delivery));
+        Pushed::Queued
+    }
+
+    fn next_mail(&self) -> Option<Mail> {
+        self.mailbox.borrow_mut().pop_front()
     }
 }
 
@@ -188,7 +215,7 @@ enum Wake {
     Eof,
     IdleTimeout,
     ReadError,
-    Info(Info),
+    Mail,
     OutboundFailed,
     Shutdown,
 }
@@ -256,6 +283,9 @@ async fn run_session(
                     if !conn.on_event(event).await {
                         break 'session;
                     }
+                    // What the callback sent itself (`send_self`, owner answers that are
+                    // already here) is handled before the client's next message.
+                    conn.handle_mail().await;
                 }
                 Ok(None) => break,
                 Err(violation) => {
@@ -273,20 +303,7 @@ async fn run_session(
         }
         match next_wake(&shard, &stream, &shared, &mut buf).await {
             Wake::Data => {}
-            Wake::Info(info) => {
-                if let Some(socket) = conn.socket.as_mut() {
-                    shard.with_arena(|arena| {
-                        socket.handle_info(
-                            info,
-                            &mut Outbox {
-                                effects: &mut conn.effects,
-                                arena,
-                            },
-                        )
-                    });
-                    conn.run_effects().await;
-                }
-            }
+            Wake::Mail => conn.handle_mail().await,
             Wake::IdleTimeout => {
                 ShardMetrics::inc(&metrics.idle_timeouts);
                 conn.close(close_code::GOING_AWAY, "idle timeout");
@@ -372,8 +389,8 @@ async fn next_wake(
         if shared.shutdown.get() {
             return Poll::Ready(Wake::Shutdown);
         }
-        if let Some(info) = shared.mailbox.borrow_mut().pop_front() {
-            return Poll::Ready(Wake::Info(info));
+        if !shared.mailbox.borrow().is_empty() {
+            return Poll::Ready(Wake::Mail);
         }
         shared.outbound.register_reader(cx.waker());
         match poll_read_into(shard, stream, cx, buf) {
@@ -472,6 +489,32 @@ impl Conn {
         !self.close_sent && !self.shared.outbound.failed()
     }
 
+    /// Handles everything in the mailbox, in order.
+    async fn handle_mail(&mut self) {
+        while let Some(mail) = self.shared.next_mail() {
+            match mail {
+                Mail::Frame(frame, delivery) => {
+                    self.shared.outbound.push_with(frame, delivery);
+                }
+                Mail::Info(info) => {
+                    let Some(socket) = self.socket.as_mut() else {
+                        continue;
+                    };
+                    self.shard.with_arena(|arena| {
+                        socket.handle_info(
+                            info,
+                            &mut Outbox {
+                                effects: &mut self.effects,
+                                arena,
+                            },
+                        )
+                    });
+                    self.run_effects().await;
+                }
+            }
+        }
+    }
+
     fn echo(&self, kind: FrameKind, data: &[u8]) {
         let frame = self.shard.with_arena(|a| encode_frame(a, kind, data));
         self.shared.outbound.push(frame);
@@ -503,7 +546,7 @@ impl Conn {
                     let sub = Subscriber {
                         conn_id: self.conn_id,
                         serializer,
-                        outbound: self.shared.outbound.clone(),
+                        conn: self.shared.clone(),
                     };
                     // Boxed: rare (joins), and large; keeps every connection's task small.
                     Box::pin(pubsub::subscribe(&self.shard, topic, sub)).await;

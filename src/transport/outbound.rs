@@ -133,18 +133,34 @@ impl Outbound {
         match delivery {
             Delivery::Reliable => {}
             Delivery::Latest(_) => {
-                let same = inner.frames.iter().skip(first_free).position(|q| q.delivery == delivery);
+                let same = inner
+                    .frames
+                    .iter()
+                    .skip(first_free)
+                    .position(|q| q.delivery == delivery);
                 if let Some(i) = same.map(|i| i + first_free) {
                     let old = std::mem::replace(&mut inner.frames[i], Queued { bytes, delivery });
-                    inner.queued_bytes = inner.queued_bytes - old.bytes.len() + inner.frames[i].bytes.len();
+                    inner.queued_bytes =
+                        inner.queued_bytes - old.bytes.len() + inner.frames[i].bytes.len();
                     return Pushed::Replaced;
                 }
             }
             Delivery::Budget { key, max } => {
-                let same_key = |q: &Queued| matches!(q.delivery, Delivery::Budget { key: k, .. } if k == key);
-                let waiting = inner.frames.iter().skip(first_free).filter(|q| same_key(q)).count();
+                let same_key =
+                    |q: &Queued| matches!(q.delivery, Delivery::Budget { key: k, .. } if k == key);
+                let waiting = inner
+                    .frames
+                    .iter()
+                    .skip(first_free)
+                    .filter(|q| same_key(q))
+                    .count();
                 if waiting >= usize::from(max.max(1)) {
-                    let oldest = inner.frames.iter().skip(first_free).position(same_key).map(|i| i + first_free);
+                    let oldest = inner
+                        .frames
+                        .iter()
+                        .skip(first_free)
+                        .position(same_key)
+                        .map(|i| i + first_free);
                     if let Some(old) = oldest.and_then(|i| inner.frames.remove(i)) {
                         inner.queued_bytes -= old.bytes.len();
                         outcome = Pushed::DroppedOldest;
@@ -154,7 +170,8 @@ impl Outbound {
         }
         // One frame larger than the byte bound still goes out when nothing else is queued.
         let over = inner.frames.len() >= self.limits.max_frames
-            || (!inner.frames.is_empty() && inner.queued_bytes + bytes.len() > self.limits.max_bytes);
+            || (!inner.frames.is_empty()
+                && inner.queued_bytes + bytes.len() > self.limits.max_bytes);
         if over {
             self.overflow(&mut inner);
             return Pushed::Refused;
@@ -438,7 +455,10 @@ mod tests {
         let out = Outbound::new(limits(10, 1000));
         out.push_with(Bytes::from_static(b"a1"), Delivery::Latest(1));
         out.push_with(Bytes::from_static(b"b1"), Delivery::Latest(2));
-        assert_eq!(out.push_with(Bytes::from_static(b"a2"), Delivery::Latest(1)), Pushed::Replaced);
+        assert_eq!(
+            out.push_with(Bytes::from_static(b"a2"), Delivery::Latest(1)),
+            Pushed::Replaced
+        );
         out.push(Bytes::from_static(b"r"));
         let inner = out.inner.borrow();
         let got: Vec<&[u8]> = inner.frames.iter().map(|q| &q.bytes[..]).collect();
@@ -450,10 +470,22 @@ mod tests {
     fn budget_drops_the_oldest_frame_of_the_same_key() {
         let out = Outbound::new(limits(10, 1000));
         let audio = |k| Delivery::Budget { key: k, max: 2 };
-        assert_eq!(out.push_with(Bytes::from_static(b"a1"), audio(1)), Pushed::Queued);
-        assert_eq!(out.push_with(Bytes::from_static(b"b1"), audio(2)), Pushed::Queued);
-        assert_eq!(out.push_with(Bytes::from_static(b"a2"), audio(1)), Pushed::Queued);
-        assert_eq!(out.push_with(Bytes::from_static(b"a3"), audio(1)), Pushed::DroppedOldest);
+        assert_eq!(
+            out.push_with(Bytes::from_static(b"a1"), audio(1)),
+            Pushed::Queued
+        );
+        assert_eq!(
+            out.push_with(Bytes::from_static(b"b1"), audio(2)),
+            Pushed::Queued
+        );
+        assert_eq!(
+            out.push_with(Bytes::from_static(b"a2"), audio(1)),
+            Pushed::Queued
+        );
+        assert_eq!(
+            out.push_with(Bytes::from_static(b"a3"), audio(1)),
+            Pushed::DroppedOldest
+        );
         let inner = out.inner.borrow();
         let got: Vec<&[u8]> = inner.frames.iter().map(|q| &q.bytes[..]).collect();
         assert_eq!(got, vec![&b"b1"[..], b"a2", b"a3"]);
@@ -465,8 +497,14 @@ mod tests {
         let out = Outbound::new(limits(10, 1000));
         out.push_with(Bytes::from_static(b"s1"), Delivery::Latest(7));
         out.consume(1);
-        assert_eq!(out.push_with(Bytes::from_static(b"s2"), Delivery::Latest(7)), Pushed::Queued);
-        assert_eq!(out.push_with(Bytes::from_static(b"s3"), Delivery::Latest(7)), Pushed::Replaced);
+        assert_eq!(
+            out.push_with(Bytes::from_static(b"s2"), Delivery::Latest(7)),
+            Pushed::Queued
+        );
+        assert_eq!(
+            out.push_with(Bytes::from_static(b"s3"), Delivery::Latest(7)),
+            Pushed::Replaced
+        );
         let inner = out.inner.borrow();
         let got: Vec<&[u8]> = inner.frames.iter().map(|q| &q.bytes[..]).collect();
         assert_eq!(got, vec![&b"s1"[..], b"s3"]);

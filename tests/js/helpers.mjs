@@ -1,6 +1,6 @@
 // Shared helpers for the shardcast end-to-end tests: server process control,
 // phoenix.js / raw WebSocket clients, and promise utilities with deadlines.
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join as joinPath } from "node:path";
@@ -101,6 +101,22 @@ const bufferReplacer = (_key, value) =>
 const servers = []; // every server started by this test file, for log dumps
 
 /**
+ * Environment every test server starts with (before the test's own `env`): sockets without a
+ * token are allowed, as the tests of the transport and the echo channel connect without one.
+ * Tests of auth and the built-in channels set SHARDCAST_AUTH__ALLOW_ANONYMOUS to "false".
+ */
+export const DEFAULT_SERVER_ENV = { SHARDCAST_AUTH__ALLOW_ANONYMOUS: "true" };
+
+/**
+ * The environment for a shardcast process: this one's, less the variables of this test harness
+ * (SHARDCAST_BIN, SHARDCAST_TEST_LOG), which the server would read as unknown config keys.
+ */
+function childEnv(extra = {}) {
+  const { SHARDCAST_BIN: _bin, SHARDCAST_TEST_LOG: _log, ...env } = process.env;
+  return { ...env, ...extra };
+}
+
+/**
  * Starts `shardcast serve` on 127.0.0.1:`port` and waits for GET /health to answer 200.
  * Options: shards (default 1), args (extra CLI args), env (extra environment), dataDir.
  */
@@ -111,7 +127,10 @@ export async function startServer(port, { shards = 1, args = [], env = {}, dataD
   const ownsDataDir = !dataDir;
   dataDir ??= await mkdtemp(joinPath(tmpdir(), "shardcast-e2e-"));
   const argv = ["serve", "--listen", `127.0.0.1:${port}`, "--shards", String(shards), "--data-dir", dataDir, ...args];
-  const proc = spawn(SERVER_BIN, argv, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const proc = spawn(SERVER_BIN, argv, {
+    env: childEnv({ ...DEFAULT_SERVER_ENV, ...env }),
+    stdio: ["ignore", "pipe", "pipe"],
+  });
 
   let log = "";
   const onOutput = (chunk) => {
@@ -180,6 +199,59 @@ async function healthy(port) {
   } catch {
     return false;
   }
+}
+
+/** A fresh data directory for servers that outlive one process (restarts); see removeDataDir. */
+export function makeDataDir() {
+  return mkdtemp(joinPath(tmpdir(), "shardcast-e2e-"));
+}
+
+export function removeDataDir(dir) {
+  return rm(dir, { recursive: true, force: true });
+}
+
+/**
+ * Runs `shardcast token` for the server that uses `dataDir` (and the same environment);
+ * resolves with the token. Options: sub, name, rooms (patterns), ttl (seconds), env.
+ */
+export function mintToken(dataDir, { sub, name, rooms = [], ttl, env = {} }) {
+  const args = ["token", "--sub", sub, "--name", name, "--data-dir", dataDir];
+  if (rooms.length > 0) args.push("--rooms", ...rooms);
+  if (ttl !== undefined) args.push("--ttl", String(ttl));
+  return new Promise((resolve, reject) => {
+    execFile(SERVER_BIN, args, { env: childEnv(env), timeout: DEFAULT_TIMEOUT_MS }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`shardcast token failed: ${err.message}\n${stderr}`));
+      else resolve(stdout.trim());
+    });
+  });
+}
+
+/**
+ * The HTTP status of a WebSocket handshake to /socket/websocket with `query` (101 when the
+ * upgrade is accepted).
+ */
+export function handshakeStatus(port, query = "vsn=2.0.0") {
+  return withTimeout(new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/socket/websocket?${query}`);
+    ws.on("unexpected-response", (_req, res) => {
+      res.resume();
+      resolve(res.statusCode);
+      ws.terminate();
+    });
+    ws.on("upgrade", () => {
+      resolve(101);
+      ws.terminate();
+    });
+    ws.on("error", (err) => reject(err));
+  }), DEFAULT_TIMEOUT_MS, `handshake on port ${port}`);
+}
+
+/** Connects a phoenix Socket with `params` and joins `topic` with `joinParams`. */
+export async function connectAndJoinWith(port, params, topic, joinParams = {}) {
+  const socket = await connect(port, params);
+  const channel = socket.channel(topic, joinParams);
+  const response = await join(channel);
+  return { socket, channel, response };
 }
 
 /** GET /metrics and return the per-shard `shardcast_connections` gauge as {shard: value}. */

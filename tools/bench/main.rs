@@ -74,6 +74,16 @@ struct Args {
     /// Socket token (query parameter `token`), for servers that require one.
     #[arg(long)]
     token: Option<String>,
+    /// Mint a token per connection (user `bench-N`) with the secret `shardcast serve` uses for
+    /// the same --config / --data-dir (as `shardcast token` does).
+    #[arg(long)]
+    mint: bool,
+    /// With --mint: the server's config file.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// With --mint: the server's data directory (where a generated secret is kept).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
     /// Server process id: its CPU use and RSS are reported.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -140,6 +150,7 @@ struct Shared {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let server = parse_url(&args.url)?;
+    init_minter(&args)?;
     let results = match args.scenario {
         Scenario::Echo => vec![run_echo(&args, server)?],
         Scenario::Connect => vec![run_connect(&args, server)?],
@@ -177,6 +188,10 @@ fn parse_url(url: &str) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow::anyhow!("cannot resolve {host}"))
 }
 
+/// The minting key, set once in `main` when --mint is given.
+static MINTER: std::sync::OnceLock<shardcast::features::auth::Authenticator> =
+    std::sync::OnceLock::new();
+
 fn ws_path(args: &Args) -> String {
     let base = args
         .url
@@ -192,6 +207,34 @@ fn ws_path(args: &Args) -> String {
         Some(t) => format!("{base}/websocket?vsn=2.0.0&token={t}"),
         None => format!("{base}/websocket?vsn=2.0.0"),
     }
+}
+
+/// The upgrade path for connection `i`: with --mint, a token of its own user.
+fn conn_path(base: &str, i: usize) -> std::borrow::Cow<'_, str> {
+    match MINTER.get() {
+        Some(auth) => {
+            let claims = shardcast::features::auth::Claims::new(
+                format!("bench-{i}"),
+                format!("bench {i}"),
+                24 * 3600,
+            );
+            format!("{base}&token={}", auth.sign(&claims)).into()
+        }
+        None => base.into(),
+    }
+}
+
+fn init_minter(args: &Args) -> anyhow::Result<()> {
+    if !args.mint {
+        return Ok(());
+    }
+    let mut config = shardcast::Config::load(args.config.as_deref())?;
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    let (auth, _) = shardcast::features::auth::Authenticator::from_config(&config)?;
+    let _ = MINTER.set(auth);
+    Ok(())
 }
 
 fn rate_of(args: &Args) -> f64 {
@@ -378,7 +421,7 @@ fn run_pubsub(args: &Args, server: SocketAddr, rate: f64, secs: f64) -> anyhow::
                 let mut conns = Vec::new();
                 for (i, role) in roles.iter().enumerate().filter(|(i, _)| i % threads == t) {
                     let topic = format!("{}bench{}", args.topic_prefix, role.topic_index);
-                    match connect(server, source_ip(&args, i), &path).await {
+                    match connect(server, source_ip(&args, i), &conn_path(&path, i)).await {
                         Ok(mut c) => match c.join(&topic).await {
                             Ok(()) => conns.push((role.clone(), topic, c.into_shared())),
                             Err(e) => {
@@ -525,7 +568,9 @@ async fn publish(
         if batch == 0 {
             // Sleep until the next publish is due (slow publishers must not spin the harness).
             let next = Duration::from_secs_f64((sent + 1) as f64 / rate);
-            let wait = next.saturating_sub(start.elapsed()).max(Duration::from_micros(50));
+            let wait = next
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_micros(50));
             glommio::timer::sleep(wait.min(secs.saturating_sub(start.elapsed()))).await;
             continue;
         }
@@ -689,7 +734,7 @@ fn run_echo(args: &Args, server: SocketAddr) -> anyhow::Result<RunResult> {
             async move {
                 let mut clients = vec![];
                 for i in (0..conns).filter(|i| i % args.threads == t) {
-                    let mut c = connect(server, source_ip(&args, i), &path)
+                    let mut c = connect(server, source_ip(&args, i), &conn_path(&path, i))
                         .await
                         .expect("connect");
                     c.join(&format!("{}bench-echo", args.topic_prefix))
@@ -793,8 +838,12 @@ fn run_connect(args: &Args, server: SocketAddr) -> anyhow::Result<RunResult> {
                         while start.elapsed() < secs {
                             let t0 = Instant::now();
                             n += 1;
-                            let Ok(mut c) =
-                                connect(server, source_ip(&args, i + n * conc), &path).await
+                            let Ok(mut c) = connect(
+                                server,
+                                source_ip(&args, i + n * conc),
+                                &conn_path(&path, i),
+                            )
+                            .await
                             else {
                                 continue;
                             };
@@ -855,7 +904,7 @@ fn run_idle(args: &Args, server: SocketAddr) -> anyhow::Result<RunResult> {
                 let mut held = vec![];
                 let mut failed = 0u64;
                 for i in (0..n).filter(|i| i % args.threads == t) {
-                    match connect(server, source_ip(&args, i), &path).await {
+                    match connect(server, source_ip(&args, i), &conn_path(&path, i)).await {
                         Ok(mut c) => match c
                             .join(&format!("{}idle{}", args.topic_prefix, i % 100))
                             .await

@@ -1,0 +1,818 @@
+//! Socket and join authentication: HS256 JSON Web Tokens.
+//!
+//! A socket connects with `?token=<jwt>` (phoenix.js `params: {token}`); the token's claims
+//! become the socket's assigns (`user_id`, `user_name`, `avatar`, `rooms`). A join may carry its
+//! own `{"token": ...}`, which then decides the identity and the topics of that join. Topic
+//! patterns in `rooms` are exact (`document:42`) or prefixes (`room:*`); without a `rooms` claim
+//! every routed topic may be joined.
+//!
+//! Only HS256 is accepted (the header's `alg` must say so: no `none`, no algorithm confusion);
+//! the signature is checked in constant time before the claims are parsed.
+
+use crate::channel::{
+    Assigns, Channel, ChannelCtx, ConnectInfo, ConnectRefused, HandleIn, HandleInfo, Payload,
+    SocketHandler, TerminateReason,
+};
+use crate::ops::config::Config;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::any::Any;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// Name of the generated secret's file in the data directory.
+pub const SECRET_FILE: &str = "auth_secret";
+/// Longest accepted `sub` and `name` claims, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// Longest accepted token, in bytes (a query parameter or a join payload field).
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Why a token is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is not a well-formed JWT")]
+    Malformed,
+    #[error("token algorithm is not HS256")]
+    UnsupportedAlgorithm,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token claims are invalid: {0}")]
+    InvalidClaims(String),
+}
+
+/// Errors setting up authentication.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("cannot read the auth secret {path}: {source}")]
+    ReadSecret {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot store a generated auth secret in {path}: {source}")]
+    WriteSecret {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the auth secret in {path} is shorter than 32 bytes")]
+    WeakSecret { path: PathBuf },
+    #[error("no randomness available for a secret: {0}")]
+    Random(String),
+}
+
+/// The claims of a shardcast token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id (presence key, message author).
+    pub sub: String,
+    /// Display name.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issued at (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Not before, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Topic patterns the user may join (`room:*`, `document:42`); absent: any routed topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<Vec<String>>,
+}
+
+impl Claims {
+    /// Claims for `sub`/`name` valid for `ttl` seconds from now.
+    pub fn new(sub: impl Into<String>, name: impl Into<String>, ttl_secs: u64) -> Claims {
+        let now = unix_now();
+        Claims {
+            sub: sub.into(),
+            name: name.into(),
+            avatar: None,
+            exp: now.saturating_add(ttl_secs),
+            iat: Some(now),
+            nbf: None,
+            rooms: None,
+        }
+    }
+
+    fn check(&self) -> Result<(), TokenError> {
+        let bad = |what: &str| Err(TokenError::InvalidClaims(what.to_string()));
+        if self.sub.is_empty() || self.sub.len() > MAX_ID_BYTES {
+            return bad("sub must be 1-128 bytes");
+        }
+        if self.name.trim().is_empty() || self.name.len() > MAX_ID_BYTES {
+            return bad("name must be 1-128 bytes");
+        }
+        if self.avatar.as_ref().is_some_and(|a| a.len() > 2048) {
+            return bad("avatar must be at most 2048 bytes");
+        }
+        if self
+            .rooms
+            .as_ref()
+            .is_some_and(|r| r.len() > 256 || r.iter().any(|p| p.is_empty() || p.len() > 255))
+        {
+            return bad("rooms must be at most 256 patterns of 1-255 bytes");
+        }
+        Ok(())
+    }
+}
+
+/// Signs and verifies tokens with one HS256 key.
+pub struct Authenticator {
+    key: Vec<u8>,
+    allow_anonymous: bool,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("key", &"<redacted>")
+            .field("allow_anonymous", &self.allow_anonymous)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+}
+
+impl Authenticator {
+    pub fn new(key: impl Into<Vec<u8>>, allow_anonymous: bool) -> Authenticator {
+        Authenticator {
+            key: key.into(),
+            allow_anonymous,
+        }
+    }
+
+    /// The authenticator `serve` uses for `config`: the configured secret, or the one stored
+    /// in (or generated into) the data directory.
+    pub fn from_config(config: &Config) -> Result<(Authenticator, SecretSource), AuthError> {
+        let (key, source) = resolve_secret(config)?;
+        Ok((Authenticator::new(key, config.auth.allow_anonymous), source))
+    }
+
+    pub fn allow_anonymous(&self) -> bool {
+        self.allow_anonymous
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length")
+    }
+
+    /// A compact JWS (`header.claims.signature`).
+    pub fn sign(&self, claims: &Claims) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let body =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize to JSON"));
+        let signing_input = format!("{header}.{body}");
+        let mut mac = self.mac();
+        mac.update(signing_input.as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{signing_input}.{sig}")
+    }
+
+    /// Checks `token` at time `now` (seconds since the epoch) and returns its claims.
+    pub fn verify_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(body), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let header: Header = URL_SAFE_NO_PAD
+            .decode(header)
+            .ok()
+            .and_then(|h| serde_json::from_slice(&h).ok())
+            .ok_or(TokenError::Malformed)?;
+        if header.alg != "HS256" {
+            return Err(TokenError::UnsupportedAlgorithm);
+        }
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| TokenError::Malformed)?;
+        let mut mac = self.mac();
+        mac.update(&token.as_bytes()[..token.len() - sig_len(token)]);
+        mac.verify_slice(&sig)
+            .map_err(|_| TokenError::BadSignature)?;
+        let claims: Claims = URL_SAFE_NO_PAD
+            .decode(body)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| TokenError::InvalidClaims("sub, name and exp are required".into()))?;
+        claims.check()?;
+        if now >= claims.exp {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| now < nbf) {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(claims)
+    }
+
+    /// Checks `token` now.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_at(token, unix_now())
+    }
+}
+
+/// Length of `.signature` at the end of a token with three parts.
+fn sig_len(token: &str) -> usize {
+    token.len() - token.rfind('.').expect("caller split the token in three")
+}
+
+/// Whether `topic` matches one of `patterns` (`prefix*` or exact).
+pub fn topic_allowed(patterns: &[String], topic: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => topic.starts_with(prefix),
+        None => topic == p,
+    })
+}
+
+/// Where the signing key came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `[auth] secret`.
+    Configured,
+    /// The file in the data directory, created by this call.
+    Generated(PathBuf),
+    /// The file in the data directory, created earlier.
+    Stored(PathBuf),
+}
+
+/// The HS256 key for `config`: `[auth] secret`, else `<data_dir>/auth_secret` (created with a
+/// fresh random secret and mode 0600 when missing; concurrent creators agree on one file).
+pub fn resolve_secret(config: &Config) -> Result<(Vec<u8>, SecretSource), AuthError> {
+    if !config.auth.secret.is_empty() {
+        return Ok((
+            config.auth.secret.as_bytes().to_vec(),
+            SecretSource::Configured,
+        ));
+    }
+    let path = config.data_dir.join(SECRET_FILE);
+    match read_secret(&path)? {
+        Some(key) => Ok((key, SecretSource::Stored(path))),
+        None => {
+            let created = create_secret(&config.data_dir, &path)?;
+            // Another process may have won the race: the file on disk is the secret.
+            let key = read_secret(&path)?.ok_or_else(|| AuthError::ReadSecret {
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "vanished"),
+            })?;
+            let source = if created {
+                SecretSource::Generated(path)
+            } else {
+                SecretSource::Stored(path)
+            };
+            Ok((key, source))
+        }
+    }
+}
+
+fn read_secret(path: &Path) -> Result<Option<Vec<u8>>, AuthError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let key = text.trim().as_bytes().to_vec();
+            if key.len() < 32 {
+                return Err(AuthError::WeakSecret {
+                    path: path.to_owned(),
+                });
+            }
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(path = %path.display(), "auth secret file is readable by other users; chmod 600 it");
+                }
+            }
+            Ok(Some(key))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(AuthError::ReadSecret {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes a new secret to a private temporary file, then links it into place (atomic, and it
+/// fails if the file exists). Returns whether this call created it.
+fn create_secret(dir: &Path, path: &Path) -> Result<bool, AuthError> {
+    let write_err = |source| AuthError::WriteSecret {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(write_err)?;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| AuthError::Random(e.to_string()))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = dir.join(format!(".{SECRET_FILE}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(hex.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result.map_err(write_err)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+// --- Identity in assigns -------------------------------------------------------------------
+
+/// Assign keys set by [`TokenAuth`].
+pub mod assign {
+    pub const USER_ID: &str = "user_id";
+    pub const USER_NAME: &str = "user_name";
+    pub const AVATAR: &str = "avatar";
+    pub const ROOMS: &str = "rooms";
+    pub const ANONYMOUS: &str = "anonymous";
+}
+
+/// Who a channel acts for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+}
+
+impl User {
+    /// `{id, name}`, as events show a user.
+    pub fn summary(&self) -> Value {
+        json!({ "id": self.id, "name": self.name })
+    }
+}
+
+fn claims_assigns(claims: Claims) -> Assigns {
+    let mut a = Assigns::new();
+    a.insert(assign::USER_ID.into(), Value::String(claims.sub));
+    a.insert(assign::USER_NAME.into(), Value::String(claims.name));
+    if let Some(avatar) = claims.avatar {
+        a.insert(assign::AVATAR.into(), Value::String(avatar));
+    }
+    if let Some(rooms) = claims.rooms {
+        a.insert(assign::ROOMS.into(), json!(rooms));
+    }
+    a.insert(assign::ANONYMOUS.into(), Value::Bool(false));
+    a
+}
+
+fn guest_assigns(info: &ConnectInfo) -> Assigns {
+    let mut id = [0u8; 8];
+    // A guest id only needs to be unlikely to collide; a clock fallback keeps demos running.
+    if getrandom::fill(&mut id).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        id = nanos.to_le_bytes();
+    }
+    let name = info
+        .param("name")
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && n.len() <= 64)
+        .unwrap_or("guest");
+    let mut a = Assigns::new();
+    a.insert(
+        assign::USER_ID.into(),
+        Value::String(format!(
+            "guest-{}",
+            u64::from_le_bytes(id) & 0xffff_ffff_ffff
+        )),
+    );
+    a.insert(assign::USER_NAME.into(), Value::String(name.to_string()));
+    a.insert(assign::ANONYMOUS.into(), Value::Bool(true));
+    a
+}
+
+/// The socket connect hook: a valid `token` parameter, or a guest when anonymous sockets are
+/// allowed. Refusals become HTTP 403 before any WebSocket exists.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    auth: Arc<Authenticator>,
+}
+
+impl TokenAuth {
+    pub fn new(auth: Arc<Authenticator>) -> TokenAuth {
+        TokenAuth { auth }
+    }
+}
+
+impl SocketHandler for TokenAuth {
+    fn connect(&self, info: &ConnectInfo) -> Result<Assigns, ConnectRefused> {
+        match info.param("token").filter(|t| !t.is_empty()) {
+            Some(token) => self.auth.verify(token).map(claims_assigns).map_err(|e| {
+                tracing::debug!(peer = %info.peer, error = %e, "socket token refused");
+                ConnectRefused {
+                    reason: e.to_string(),
+                }
+            }),
+            None if self.auth.allow_anonymous => Ok(guest_assigns(info)),
+            None => Err(ConnectRefused {
+                reason: "a token is required".into(),
+            }),
+        }
+    }
+}
+
+/// Why a join is refused; the reply is `{"reason": ...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinDenied {
+    InvalidToken,
+    AccessDenied,
+}
+
+impl JoinDenied {
+    pub fn reason(self) -> &'static str {
+        match self {
+            JoinDenied::InvalidToken => "invalid_token",
+            JoinDenied::AccessDenied => "access_denied",
+        }
+    }
+
+    pub fn payload(self) -> Payload {
+        Payload::json(&json!({ "reason": self.reason() }))
+    }
+}
+
+fn assigns_user(assigns: &Assigns) -> Option<User> {
+    Some(User {
+        id: assigns.get(assign::USER_ID)?.as_str()?.to_string(),
+        name: assigns.get(assign::USER_NAME)?.as_str()?.to_string(),
+        avatar: assigns
+            .get(assign::AVATAR)
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    })
+}
+
+fn assigns_rooms(assigns: &Assigns) -> Option<Vec<String>> {
+    let rooms = assigns.get(assign::ROOMS)?.as_array()?;
+    Some(
+        rooms
+            .iter()
+            .filter_map(|r| r.as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+/// Decides who joins `topic`: the join payload's `token` when present (its identity and
+/// `rooms`), else the socket's. A join token of another user than the socket's is refused.
+pub fn authorize_join(
+    auth: &Authenticator,
+    assigns: &Assigns,
+    payload: &Value,
+    topic: &str,
+) -> Result<User, JoinDenied> {
+    let socket_user = assigns_user(assigns);
+    let anonymous = assigns
+        .get(assign::ANONYMOUS)
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let (user, rooms) = match payload.get("token") {
+        None | Some(Value::Null) => {
+            let user = socket_user.ok_or(JoinDenied::AccessDenied)?;
+            (user, assigns_rooms(assigns))
+        }
+        Some(Value::String(token)) => {
+            let claims = auth.verify(token).map_err(|_| JoinDenied::InvalidToken)?;
+            if let Some(socket_user) = socket_user.filter(|_| !anonymous) {
+                if socket_user.id != claims.sub {
+                    return Err(JoinDenied::AccessDenied);
+                }
+            }
+            let user = User {
+                id: claims.sub,
+                name: claims.name,
+                avatar: claims.avatar,
+            };
+            (user, claims.rooms)
+        }
+        Some(_) => return Err(JoinDenied::InvalidToken),
+    };
+    match rooms {
+        Some(patterns) if !topic_allowed(&patterns, topic) => Err(JoinDenied::AccessDenied),
+        _ => Ok(user),
+    }
+}
+
+/// Puts the per-topic access check (`rooms` claim, join token) in front of a channel that has
+/// none of its own, such as `echo:*`.
+pub struct Guarded<C> {
+    auth: Arc<Authenticator>,
+    inner: C,
+}
+
+impl<C: Channel> Guarded<C> {
+    pub fn new(auth: Arc<Authenticator>, inner: C) -> Guarded<C> {
+        Guarded { auth, inner }
+    }
+}
+
+impl<C: Channel> Channel for Guarded<C> {
+    fn join(&mut self, ctx: &mut ChannelCtx<'_>, payload: Payload) -> Result<Payload, Payload> {
+        let params: Value = payload.parse().unwrap_or(Value::Null);
+        authorize_join(&self.auth, ctx.assigns(), &params, ctx.topic())
+            .map_err(JoinDenied::payload)?;
+        self.inner.join(ctx, payload)
+    }
+
+    fn handle_in(&mut self, ctx: &mut ChannelCtx<'_>, event: &str, payload: Payload) -> HandleIn {
+        self.inner.handle_in(ctx, event, payload)
+    }
+
+    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_>, msg: Box<dyn Any>) -> HandleInfo {
+        self.inner.handle_info(ctx, msg)
+    }
+
+    fn terminate(&mut self, ctx: &mut ChannelCtx<'_>, reason: TerminateReason) {
+        self.inner.terminate(ctx, reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn auth() -> Authenticator {
+        Authenticator::new(KEY, false)
+    }
+
+    fn claims() -> Claims {
+        Claims {
+            sub: "u1".into(),
+            name: "Ada".into(),
+            avatar: Some("https://example.test/a.png".into()),
+            exp: 2_000,
+            iat: Some(1_000),
+            nbf: None,
+            rooms: Some(vec!["room:*".into(), "document:42".into()]),
+        }
+    }
+
+    #[test]
+    fn signs_and_verifies() {
+        let token = auth().sign(&claims());
+        assert_eq!(auth().verify_at(&token, 1_500), Ok(claims()));
+        assert_eq!(token.split('.').count(), 3);
+    }
+
+    #[test]
+    fn known_vector_from_another_implementation() {
+        // HS256 over {"sub":"1234567890","name":"John Doe","iat":1516239022} with the secret
+        // "your-256-bit-secret" (the jwt.io example), plus the exp this server requires.
+        let key = b"your-256-bit-secret";
+        let a = Authenticator::new(&key[..], false);
+        let header = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
+        let body = URL_SAFE_NO_PAD.encode(br#"{"sub":"1234567890","name":"John Doe","exp":99}"#);
+        let mut mac = HmacSha256::new_from_slice(key).unwrap();
+        mac.update(format!("{header}.{body}").as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        let c = a.verify_at(&format!("{header}.{body}.{sig}"), 10).unwrap();
+        assert_eq!(
+            (c.sub.as_str(), c.name.as_str(), c.exp),
+            ("1234567890", "John Doe", 99)
+        );
+        // The jwt.io token itself lacks exp: refused as invalid claims, after its signature held.
+        let jwtio = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+        assert!(matches!(
+            a.verify_at(jwtio, 10),
+            Err(TokenError::InvalidClaims(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_expired_early_tampered_and_foreign_tokens() {
+        let a = auth();
+        let token = a.sign(&claims());
+        assert_eq!(a.verify_at(&token, 2_000), Err(TokenError::Expired));
+        let mut early = claims();
+        early.nbf = Some(1_600);
+        assert_eq!(
+            a.verify_at(&a.sign(&early), 1_500),
+            Err(TokenError::NotYetValid)
+        );
+        let other = Authenticator::new(&b"another key that is long enough!!"[..], false);
+        assert_eq!(
+            other.verify_at(&token, 1_500),
+            Err(TokenError::BadSignature)
+        );
+        // Claims swapped under the original signature.
+        let mut forged = claims();
+        forged.sub = "admin".into();
+        let forged_body = a.sign(&forged).split('.').nth(1).unwrap().to_string();
+        let parts: Vec<&str> = token.split('.').collect();
+        let tampered = format!("{}.{}.{}", parts[0], forged_body, parts[2]);
+        assert_eq!(a.verify_at(&tampered, 1_500), Err(TokenError::BadSignature));
+        // alg=none and other algorithms.
+        let none = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+            parts[1]
+        );
+        assert_eq!(
+            a.verify_at(&none, 1_500),
+            Err(TokenError::UnsupportedAlgorithm)
+        );
+        for bad in ["", "a.b", "a.b.c.d", "!!.??.**", &token[..token.len() - 1]] {
+            assert!(a.verify_at(bad, 1_500).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn claims_are_checked() {
+        let a = auth();
+        let mut c = claims();
+        c.sub = String::new();
+        assert!(matches!(
+            a.verify_at(&a.sign(&c), 1_500),
+            Err(TokenError::InvalidClaims(_))
+        ));
+        let mut c = claims();
+        c.name = "x".repeat(200);
+        assert!(a.verify_at(&a.sign(&c), 1_500).is_err());
+    }
+
+    #[test]
+    fn topic_patterns() {
+        let p = vec!["room:*".to_string(), "document:42".to_string()];
+        assert!(topic_allowed(&p, "room:lobby"));
+        assert!(topic_allowed(&p, "room:"));
+        assert!(topic_allowed(&p, "document:42"));
+        assert!(!topic_allowed(&p, "document:421"));
+        assert!(!topic_allowed(&p, "rooms:1"));
+        assert!(!topic_allowed(&[], "room:1"));
+        assert!(topic_allowed(&["*".to_string()], "anything"));
+    }
+
+    #[test]
+    fn join_authorization() {
+        let a = Authenticator::new(KEY, false);
+        let mut c = claims();
+        c.exp = unix_now() + 60;
+        let socket = claims_assigns(c.clone());
+        let none = Value::Null;
+        assert_eq!(
+            authorize_join(&a, &socket, &none, "room:1").map(|u| u.id),
+            Ok("u1".to_string())
+        );
+        assert_eq!(
+            authorize_join(&a, &socket, &none, "game:1"),
+            Err(JoinDenied::AccessDenied)
+        );
+        // A join token widens the rooms of the same user.
+        let mut wide = c.clone();
+        wide.rooms = Some(vec!["game:*".into()]);
+        let p = json!({ "token": a.sign(&wide) });
+        assert!(authorize_join(&a, &socket, &p, "game:1").is_ok());
+        // ... but cannot switch users, and must be valid.
+        let mut other = c.clone();
+        other.sub = "u2".into();
+        let p = json!({ "token": a.sign(&other) });
+        assert_eq!(
+            authorize_join(&a, &socket, &p, "room:1"),
+            Err(JoinDenied::AccessDenied)
+        );
+        let p = json!({ "token": "garbage" });
+        assert_eq!(
+            authorize_join(&a, &socket, &p, "room:1"),
+            Err(JoinDenied::InvalidToken)
+        );
+        let p = json!({ "token": 5 });
+        assert_eq!(
+            authorize_join(&a, &socket, &p, "room:1"),
+            Err(JoinDenied::InvalidToken)
+        );
+        // Without a rooms claim, anything routed.
+        let mut open = c;
+        open.rooms = None;
+        let socket = claims_assigns(open);
+        assert!(authorize_join(&a, &socket, &none, "game:1").is_ok());
+        // No identity at all (a socket accepted by another hook).
+        assert_eq!(
+            authorize_join(&a, &Assigns::new(), &none, "room:1"),
+            Err(JoinDenied::AccessDenied)
+        );
+    }
+
+    #[test]
+    fn connect_hook() {
+        let info = |params: &[(&str, &str)]| ConnectInfo {
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            peer: ([127, 0, 0, 1], 1).into(),
+        };
+        let strict = TokenAuth::new(Arc::new(Authenticator::new(KEY, false)));
+        assert!(strict.connect(&info(&[("vsn", "2.0.0")])).is_err());
+        assert!(strict.connect(&info(&[("token", "x.y.z")])).is_err());
+        let mut c = claims();
+        c.exp = unix_now() + 60;
+        let token = Authenticator::new(KEY, false).sign(&c);
+        let assigns = strict.connect(&info(&[("token", &token)])).unwrap();
+        assert_eq!(assigns[assign::USER_ID], "u1");
+        assert_eq!(assigns[assign::ROOMS], json!(["room:*", "document:42"]));
+
+        let open = TokenAuth::new(Arc::new(Authenticator::new(KEY, true)));
+        let guest = open.connect(&info(&[("name", "Bo")])).unwrap();
+        assert!(guest[assign::USER_ID]
+            .as_str()
+            .unwrap()
+            .starts_with("guest-"));
+        assert_eq!(guest[assign::USER_NAME], "Bo");
+        // A bad token is refused even when guests are allowed.
+        assert!(open.connect(&info(&[("token", "bad")])).is_err());
+    }
+
+    #[test]
+    fn generated_secret_is_private_stable_and_shared() {
+        let dir = std::env::temp_dir().join(format!("shardcast-auth-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = Config {
+            data_dir: dir.clone(),
+            ..Config::default()
+        };
+        let (k1, s1) = resolve_secret(&config).unwrap();
+        assert_eq!(s1, SecretSource::Generated(dir.join(SECRET_FILE)));
+        let mode = std::fs::metadata(dir.join(SECRET_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (k2, s2) = resolve_secret(&config).unwrap();
+        assert_eq!(k1, k2);
+        assert_eq!(s2, SecretSource::Stored(dir.join(SECRET_FILE)));
+        assert_eq!(k1.len(), 64);
+        config.auth.secret = "c".repeat(32);
+        assert_eq!(resolve_secret(&config).unwrap().1, SecretSource::Configured);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest! {
+        #[test]
+        fn roundtrip_any_claims(
+            sub in "[a-zA-Z0-9_:-]{1,40}",
+            name in "\\PC{1,30}",
+            exp in 1u64..u64::MAX / 2,
+            rooms in proptest::option::of(proptest::collection::vec("[a-z]{1,8}:\\*?", 0..5)),
+        ) {
+            prop_assume!(!name.trim().is_empty());
+            let a = auth();
+            let c = Claims { sub, name, avatar: None, exp, iat: None, nbf: None, rooms };
+            let token = a.sign(&c);
+            prop_assert_eq!(a.verify_at(&token, exp - 1), Ok(c.clone()));
+            prop_assert_eq!(a.verify_at(&token, exp), Err(TokenError::Expired));
+        }
+
+        #[test]
+        fn any_single_byte_change_is_refused(pos in 0usize..200, byte in any::<u8>()) {
+            let a = auth();
+            let token = a.sign(&claims());
+            let mut bytes = token.clone().into_bytes();
+            let pos = pos % bytes.len();
+            prop_assume!(bytes[pos] != byte);
+            bytes[pos] = byte;
+            if let Ok(t) = String::from_utf8(bytes) {
+                // Base64 has a few encodings of the last symbol's spare bits; the decoded
+                // token must then be the same one.
+                if let Ok(c) = a.verify_at(&t, 1_500) {
+                    prop_assert_eq!(c, claims());
+                }
+            }
+        }
+    }
+}

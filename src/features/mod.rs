@@ -1,0 +1,172 @@
+//! The built-in features, written against the public channel API only (as a studio's own
+//! channels would be):
+//!
+//! - [`auth`]: HS256 token auth at connect ([`TokenAuth`]) and per join ([`auth::authorize_join`]).
+//! - [`presence`]: Phoenix.Presence state, diffs and the owner-side tracker.
+//! - [`room`]: `room:<id>` — chat with persisted history, typing indicators, presence.
+//! - [`collaboration`]: `collaboration:<id>` — presence with cursors and selections.
+//! - [`document`]: `document:<id>` — collaborative text (operational transform), persisted.
+//!
+//! Per-topic authority (presence, message order, warm history) lives on the topic's owner shard
+//! ([`ChannelCtx::run_on_owner`](crate::channel::ChannelCtx::run_on_owner)); the storage thread
+//! ([`crate::storage`]) is reached through futures, so shards never block on disk.
+
+pub mod auth;
+pub mod clock;
+pub mod collaboration;
+pub mod document;
+pub mod presence;
+pub mod room;
+
+pub use auth::{Authenticator, Claims, Guarded, TokenAuth, User};
+pub use collaboration::CollaborationChannel;
+pub use room::RoomChannel;
+
+use crate::channel::echo::EchoChannel;
+use crate::channel::{App, ChannelCtx, Payload, Router, TerminateReason};
+use crate::ops::config::{Config, RoomsConfig};
+use crate::storage::Storage;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Errors building the default application.
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureError {
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("cannot open the documents database: {0}")]
+    Documents(#[from] document::StoreError),
+}
+
+/// What the built-in channels share: the token checker, the storage handle, the limits.
+#[derive(Debug)]
+pub struct Services {
+    pub auth: Arc<Authenticator>,
+    pub storage: Storage,
+    pub rooms: RoomsConfig,
+}
+
+/// The application `shardcast serve` runs: token auth at connect, and the routes `echo:*`,
+/// `room:*` and `collaboration:*`. Resolves the signing secret as `shardcast token` does
+/// (generating it on first use) and warns when it is not configured explicitly.
+pub fn default_app(config: &Config, storage: Storage) -> Result<App, FeatureError> {
+    let (authenticator, source) = Authenticator::from_config(config)?;
+    match &source {
+        auth::SecretSource::Configured => {}
+        auth::SecretSource::Generated(path) => tracing::warn!(
+            path = %path.display(),
+            "no [auth] secret configured: generated one and stored it in the data directory; \
+             set [auth] secret (or SHARDCAST_AUTH__SECRET) in production"
+        ),
+        auth::SecretSource::Stored(path) => tracing::warn!(
+            path = %path.display(),
+            "no [auth] secret configured: using the one stored in the data directory"
+        ),
+    }
+    if config.auth.allow_anonymous {
+        tracing::warn!("[auth] allow_anonymous is on: sockets without a token join as guests");
+    }
+    let auth = Arc::new(authenticator);
+    let services = Arc::new(Services {
+        auth: auth.clone(),
+        storage,
+        rooms: config.rooms.clone(),
+    });
+    let router = Router::new()
+        .channel("echo:*", {
+            let auth = auth.clone();
+            move || Guarded::new(auth.clone(), EchoChannel)
+        })
+        .channel("room:*", {
+            let services = services.clone();
+            move || RoomChannel::new(services.clone())
+        })
+        .channel("collaboration:*", {
+            let services = services.clone();
+            move || CollaborationChannel::new(services.clone())
+        });
+    // `document:*` (issue 6): its own database and thread, stopped when the routes are dropped.
+    let documents = document::DocumentServices::open(config, auth.clone())?;
+    let router = router.channel("document:*", move || documents.channel());
+    Ok(App::new(TokenAuth::new(auth), router))
+}
+
+// --- Helpers shared by the channels --------------------------------------------------------
+
+/// The JSON object of a push (`{}` for anything that is not an object).
+pub(crate) fn params(payload: &Payload) -> Result<Value, Payload> {
+    match payload.parse::<Value>() {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Ok(json!({})),
+        Err(_) => Err(reason("invalid_payload")),
+    }
+}
+
+/// `{"reason": reason}`.
+pub(crate) fn reason(reason: &str) -> Payload {
+    Payload::json(&json!({ "reason": reason }))
+}
+
+/// `{"errors": {field: [message]}}`, the shape of a changeset error.
+pub(crate) fn field_error(field: &str, message: &str) -> Payload {
+    Payload::json(&json!({ "errors": { field: [message] } }))
+}
+
+/// The part of `topic` after `prefix`, if it is a usable id (1-128 bytes).
+pub(crate) fn topic_id<'t>(topic: &'t str, prefix: &str) -> Option<&'t str> {
+    topic
+        .strip_prefix(prefix)
+        .filter(|id| !id.is_empty() && id.len() <= 128)
+}
+
+/// A presence status from a join or a push: 1-32 bytes.
+pub(crate) fn status_param(params: &Value) -> Option<String> {
+    params
+        .get("status")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= 32)
+        .map(str::to_string)
+}
+
+/// How a channel's end is recorded in the user's session.
+pub(crate) fn disconnect_reason(reason: TerminateReason) -> &'static str {
+    match reason {
+        TerminateReason::Leave => "leave",
+        TerminateReason::Normal => "closed",
+        TerminateReason::Duplicate => "rejoined",
+        TerminateReason::Disconnect => "disconnect",
+    }
+}
+
+/// Records session activity off the shard; failures are only logged (best effort, the user's
+/// action does not depend on it). The answer comes back to `handle_info` as [`SessionWrite`].
+pub(crate) fn touch_session(ctx: &mut ChannelCtx<'_>, services: &Services, user: &User) {
+    let fut = services
+        .storage
+        .touch_session(&user.id, &user.name, clock::now_ms());
+    ctx.spawn(async move { SessionWrite(fut.await.err().map(|e| e.to_string())) });
+}
+
+pub(crate) fn end_session(
+    ctx: &mut ChannelCtx<'_>,
+    services: &Services,
+    user: &User,
+    why: TerminateReason,
+) {
+    let fut = services
+        .storage
+        .end_session(&user.id, disconnect_reason(why), clock::now_ms());
+    ctx.spawn(async move { SessionWrite(fut.await.err().map(|e| e.to_string())) });
+}
+
+/// The outcome of a session write (an error message, if any).
+pub(crate) struct SessionWrite(pub Option<String>);
+
+impl SessionWrite {
+    pub(crate) fn log(&self, topic: &str) {
+        if let Some(e) = &self.0 {
+            tracing::warn!(topic, error = %e, "session state not recorded");
+        }
+    }
+}

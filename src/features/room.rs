@@ -1,0 +1,761 @@
+//! The `room:<id>` channel: chat with persisted history, typing indicators and presence.
+//!
+//! Client → server:
+//! - join `{token?, status?}` → ok `{user: {id, name}}`, then `presence_diff` (broadcast),
+//!   `user_joined` (broadcast, on the user's first connection), `presence_state` and
+//!   `room_state` `{recent_messages, room_info}` (pushes).
+//! - `new_message` `{body}` → broadcast `new_message` `{id, body, user, inserted_at}` once the
+//!   row is committed, then reply ok with the same object; invalid bodies get
+//!   `{errors: {body: [...]}}`.
+//! - `typing` `{typing}` → `user_typing` `{user_id, typing}` to everyone else when the user's
+//!   typing state changes; stops by itself after `rooms.typing_timeout_ms` of silence.
+//! - `status` `{status}` → the presence meta's `status` changes.
+//! - `online_users` → reply `{users: [{id, name}], typing_users: [id], online_count}`.
+//! - leave or disconnect → `user_left` `{user, online_count}` once the user's last connection is
+//!   gone (and `user_typing` false if they were typing).
+//!
+//! Everything per room that needs one order — presence, `online_count`, message ids and their
+//! broadcast order, the warm history — is kept on the topic's owner shard.
+
+use super::auth::{authorize_join, JoinDenied, User};
+use super::clock::{now_ms, rfc3339_ms};
+use super::presence::tracker::{RefGen, Tracker, STATE_EVENT};
+use super::presence::Meta;
+use super::{
+    field_error, params, reason, status_param, topic_id, touch_session, Services, SessionWrite,
+};
+use crate::channel::{
+    Channel, ChannelCtx, ConnAddr, ConnId, HandleIn, HandleInfo, OwnerCtx, Payload, ReplyRef,
+    ReplyStatus, TerminateReason,
+};
+use crate::storage::{MessageRow, RoomRow, RoomSnapshot, StorageError};
+use serde_json::{json, Map, Value};
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Topic prefix this channel is routed at.
+pub const PREFIX: &str = "room:";
+
+// --- Messages from the owner to a channel (its handle_info) --------------------------------
+
+/// `presence_state` for the joiner.
+pub(crate) struct PresenceState(pub Payload);
+/// `room_state` for the joiner.
+struct RoomState(Payload);
+/// The room is full: the join is undone.
+pub(crate) struct JoinRefused(pub &'static str);
+/// The outcome of a `new_message`, for its deferred reply.
+struct Posted {
+    to: ReplyRef,
+    result: Result<Payload, Payload>,
+}
+/// An answer to a query push.
+struct Answer {
+    to: ReplyRef,
+    payload: Payload,
+}
+/// Check whether the typing state has expired.
+struct TypingCheck;
+
+/// How long a joiner may take to confirm that its `room_state` is queued before new messages are
+/// announced anyway (only a channel that crashed would not confirm).
+const CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
+
+// --- The channel (one per joined connection) ------------------------------------------------
+
+pub struct RoomChannel {
+    services: Arc<Services>,
+    joined: Option<Joined>,
+}
+
+struct Joined {
+    user: User,
+    typing: bool,
+    typing_deadline: Instant,
+    typing_timer: bool,
+    /// `new_message`s sent to the owner and not answered yet.
+    pending: usize,
+}
+
+impl RoomChannel {
+    pub fn new(services: Arc<Services>) -> RoomChannel {
+        RoomChannel {
+            services,
+            joined: None,
+        }
+    }
+
+    fn set_typing(&mut self, ctx: &mut ChannelCtx<'_>, typing: bool) {
+        let timeout = self.services.rooms.typing_timeout();
+        let Some(j) = self.joined.as_mut() else {
+            return;
+        };
+        if typing {
+            j.typing_deadline = Instant::now() + timeout;
+            if !j.typing_timer {
+                j.typing_timer = true;
+                ctx.send_after(timeout, TypingCheck);
+            }
+        }
+        if j.typing != typing {
+            j.typing = typing;
+            let conn = ctx.conn_id();
+            ctx.run_on_owner(move |owner| owner_typing(owner, conn, typing));
+        }
+    }
+
+    fn new_message(&mut self, ctx: &mut ChannelCtx<'_>, params: &Value) -> HandleIn {
+        let max = self.services.rooms.max_message_bytes;
+        let Some(j) = self.joined.as_mut() else {
+            return HandleIn::error(reason("not_joined"));
+        };
+        let body = match validate_body(params.get("body"), max) {
+            Ok(body) => body,
+            Err(message) => return HandleIn::error(field_error("body", &message)),
+        };
+        if j.pending >= self.services.rooms.max_pending_messages {
+            return HandleIn::error(reason("too_many_requests"));
+        }
+        j.pending += 1;
+        let (addr, to, user) = (ctx.address(), ctx.reply_ref(), j.user.clone());
+        let services = self.services.clone();
+        ctx.run_on_owner(move |owner| owner_post(owner, &services, addr, to, user, body));
+        HandleIn::NoReply
+    }
+}
+
+/// The trimmed body, or the changeset-style error message.
+pub fn validate_body(body: Option<&Value>, max_bytes: usize) -> Result<String, String> {
+    match body {
+        None | Some(Value::Null) => Err("can't be blank".into()),
+        Some(Value::String(s)) => {
+            let trimmed = s.trim();
+            if trimmed.is_empty() {
+                Err("can't be blank".into())
+            } else if trimmed.len() > max_bytes {
+                Err(format!("should be at most {max_bytes} byte(s)"))
+            } else {
+                Ok(trimmed.to_string())
+            }
+        }
+        Some(_) => Err("is invalid".into()),
+    }
+}
+
+impl Channel for RoomChannel {
+    fn join(&mut self, ctx: &mut ChannelCtx<'_>, payload: Payload) -> Result<Payload, Payload> {
+        let params = params(&payload)?;
+        let user = authorize_join(&self.services.auth, ctx.assigns(), &params, ctx.topic())
+            .map_err(JoinDenied::payload)?;
+        if topic_id(ctx.topic(), PREFIX).is_none() {
+            return Err(reason("invalid_topic"));
+        }
+        let meta = new_meta(&user, status_param(&params));
+        let response = Payload::json(&json!({ "user": user.summary() }));
+        let (addr, services, key) = (ctx.address(), self.services.clone(), user.id.clone());
+        ctx.run_on_owner(move |owner| owner_join(owner, &services, addr, key, meta));
+        touch_session(ctx, &self.services, &user);
+        self.joined = Some(Joined {
+            user,
+            typing: false,
+            typing_deadline: Instant::now(),
+            typing_timer: false,
+            pending: 0,
+        });
+        Ok(response)
+    }
+
+    fn handle_in(&mut self, ctx: &mut ChannelCtx<'_>, event: &str, payload: Payload) -> HandleIn {
+        let params = match params(&payload) {
+            Ok(p) => p,
+            Err(e) => return HandleIn::error(e),
+        };
+        match event {
+            "new_message" => self.new_message(ctx, &params),
+            "typing" => match params.get("typing").and_then(Value::as_bool) {
+                Some(typing) => {
+                    self.set_typing(ctx, typing);
+                    HandleIn::ok(Payload::empty())
+                }
+                None => HandleIn::error(field_error("typing", "is invalid")),
+            },
+            "status" => match status_param(&params) {
+                Some(status) => {
+                    let conn = ctx.conn_id();
+                    ctx.run_on_owner(move |owner| owner_status(owner, conn, status));
+                    HandleIn::ok(Payload::empty())
+                }
+                None => HandleIn::error(field_error("status", "is invalid")),
+            },
+            "online_users" => {
+                let (addr, to) = (ctx.address(), ctx.reply_ref());
+                ctx.run_on_owner(move |owner| owner_query(owner, addr, to));
+                HandleIn::NoReply
+            }
+            _ => HandleIn::error(reason("unknown_event")),
+        }
+    }
+
+    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_>, msg: Box<dyn Any>) -> HandleInfo {
+        let msg = match msg.downcast::<Posted>() {
+            Ok(posted) => {
+                if let Some(j) = self.joined.as_mut() {
+                    j.pending = j.pending.saturating_sub(1);
+                }
+                let (status, payload) = match posted.result {
+                    Ok(p) => (ReplyStatus::Ok, p),
+                    Err(p) => (ReplyStatus::Error, p),
+                };
+                send_reply(ctx, &posted.to, status, &payload);
+                return HandleInfo::Continue;
+            }
+            Err(other) => other,
+        };
+        let msg = match msg.downcast::<TypingCheck>() {
+            Ok(_) => {
+                let expired = self.joined.as_mut().is_some_and(|j| {
+                    j.typing_timer = false;
+                    j.typing && Instant::now() >= j.typing_deadline
+                });
+                if expired {
+                    self.set_typing(ctx, false);
+                } else if let Some(j) = self.joined.as_mut().filter(|j| j.typing) {
+                    // Typing went on: check again at the new deadline.
+                    j.typing_timer = true;
+                    let left = j.typing_deadline.saturating_duration_since(Instant::now());
+                    ctx.send_after(left.max(Duration::from_millis(1)), TypingCheck);
+                }
+                return HandleInfo::Continue;
+            }
+            Err(other) => other,
+        };
+        if let Some(PresenceState(p)) = msg.downcast_ref::<PresenceState>() {
+            push(ctx, STATE_EVENT, p);
+        } else if let Some(RoomState(p)) = msg.downcast_ref::<RoomState>() {
+            push(ctx, "room_state", p);
+            // Queued: messages committed after this snapshot may be announced now.
+            let (conn, limit) = (ctx.conn_id(), self.services.rooms.history_limit);
+            ctx.run_on_owner(move |owner| owner_confirm(owner, conn, None, limit));
+        } else if let Some(a) = msg.downcast_ref::<Answer>() {
+            send_reply(ctx, &a.to, ReplyStatus::Ok, &a.payload);
+        } else if let Some(JoinRefused(why)) = msg.downcast_ref::<JoinRefused>() {
+            push(ctx, "join_refused", &reason(why));
+            // Not tracked by the owner: nothing to undo in terminate.
+            self.joined = None;
+            return HandleInfo::Stop;
+        } else if let Some(w) = msg.downcast_ref::<SessionWrite>() {
+            w.log(ctx.topic());
+        }
+        HandleInfo::Continue
+    }
+
+    fn terminate(&mut self, ctx: &mut ChannelCtx<'_>, why: TerminateReason) {
+        let Some(j) = self.joined.take() else {
+            return;
+        };
+        let conn = ctx.conn_id();
+        let limit = self.services.rooms.history_limit;
+        ctx.run_on_owner(move |owner| owner_leave(owner, conn, limit));
+        super::end_session(ctx, &self.services, &j.user, why);
+    }
+}
+
+pub(crate) fn new_meta(user: &User, status: Option<String>) -> Meta {
+    let mut extra = Map::new();
+    if let Some(avatar) = &user.avatar {
+        extra.insert("avatar".into(), Value::String(avatar.clone()));
+    }
+    Meta {
+        phx_ref: String::new(),
+        name: user.name.clone(),
+        status: status.unwrap_or_else(|| "online".into()),
+        typing: false,
+        joined_at: rfc3339_ms(now_ms()),
+        extra,
+    }
+}
+
+pub(crate) fn push(ctx: &mut ChannelCtx<'_>, event: &str, payload: &Payload) {
+    if let Err(e) = ctx.push(event, payload) {
+        tracing::warn!(topic = %ctx.topic(), event, error = %e, "push cannot be encoded");
+    }
+}
+
+pub(crate) fn send_reply(
+    ctx: &mut ChannelCtx<'_>,
+    to: &ReplyRef,
+    status: ReplyStatus,
+    payload: &Payload,
+) {
+    if let Err(e) = ctx.reply(to, status, payload) {
+        tracing::warn!(topic = %ctx.topic(), error = %e, "reply cannot be encoded");
+    }
+}
+
+// --- The owner side -------------------------------------------------------------------------
+
+/// Rooms owned by this shard.
+#[derive(Default)]
+struct Rooms {
+    rooms: HashMap<String, Room>,
+}
+
+#[derive(Default)]
+struct Room {
+    tracker: Tracker,
+    history: History,
+    /// Sequence numbers of `new_message`s in the order they were sent to storage (which commits
+    /// them, and numbers them, in that order) ...
+    next_seq: u64,
+    /// ... and the next one to announce: commits are announced in this order only.
+    next_release: u64,
+    committed: BTreeMap<u64, Commit>,
+    /// Joiners sent a `room_state` that they have not confirmed yet (with a token per send).
+    /// Messages are not announced meanwhile: the snapshot travels to the channel's `handle_info`
+    /// and a broadcast sent after it could otherwise be written to that socket first.
+    unconfirmed: HashMap<ConnId, u64>,
+    next_token: u64,
+}
+
+#[derive(Default)]
+enum History {
+    /// Not in memory.
+    #[default]
+    Cold,
+    /// Being read from storage; these joiners wait for their `room_state`.
+    Loading { waiters: Vec<ConnAddr> },
+    /// The latest messages (at most `history_limit`), oldest first.
+    Warm {
+        info: RoomRow,
+        messages: VecDeque<MessageRow>,
+    },
+}
+
+struct Commit {
+    result: Result<MessageRow, StorageError>,
+    addr: ConnAddr,
+    to: ReplyRef,
+}
+
+impl Room {
+    fn idle(&self) -> bool {
+        self.tracker.is_empty()
+            && self.next_seq == self.next_release
+            && !matches!(self.history, History::Loading { .. })
+    }
+
+    /// Sends `room_state` to `addr` and holds announcements until it is confirmed (or the
+    /// confirmation times out).
+    fn send_room_state(
+        &mut self,
+        owner: &mut OwnerCtx<'_>,
+        addr: &ConnAddr,
+        state: Payload,
+        limit: usize,
+    ) {
+        self.next_token += 1;
+        let (conn, token) = (addr.conn_id, self.next_token);
+        self.unconfirmed.insert(conn, token);
+        owner.send(addr, RoomState(state));
+        owner.spawn_then(glommio::timer::sleep(CONFIRM_TIMEOUT), move |owner, ()| {
+            owner_confirm(owner, conn, Some(token), limit)
+        });
+    }
+
+    fn room_state(&self, topic: &str) -> Payload {
+        let online = self.tracker.presences().user_count();
+        let id = topic_id(topic, PREFIX).unwrap_or_default();
+        match &self.history {
+            History::Warm { info, messages } => Payload::json(&json!({
+                "recent_messages": messages.iter().map(message_json).collect::<Vec<_>>(),
+                "room_info": {
+                    "id": id,
+                    "topic": topic,
+                    "created_at": rfc3339_ms(info.created_at_ms),
+                    "message_count": info.message_count,
+                    "online_count": online,
+                },
+            })),
+            _ => Payload::json(&json!({
+                "recent_messages": [],
+                "room_info": { "id": id, "topic": topic, "online_count": online },
+                "error": "history_unavailable",
+            })),
+        }
+    }
+}
+
+/// The wire form of a message: `{id, body, user: {id, name}, inserted_at}`.
+pub fn message_json(m: &MessageRow) -> Value {
+    json!({
+        "id": m.id,
+        "body": m.body,
+        "user": { "id": m.user_id, "name": m.user_name },
+        "inserted_at": rfc3339_ms(m.inserted_at_ms),
+    })
+}
+
+fn user_payload(key: &str, name: &str, online: usize) -> Payload {
+    Payload::json(&json!({ "user": { "id": key, "name": name }, "online_count": online }))
+}
+
+fn owner_join(
+    owner: &mut OwnerCtx<'_>,
+    services: &Arc<Services>,
+    addr: ConnAddr,
+    key: String,
+    meta: Meta,
+) {
+    let rooms = owner.state::<Rooms>();
+    let refs = owner.state::<RefGen>();
+    let mut rooms = rooms.borrow_mut();
+    let topic = owner.topic().to_string();
+    let room = rooms.rooms.entry(topic.clone()).or_default();
+    let name = meta.name.clone();
+    let joined = room.tracker.join(
+        owner,
+        &mut refs.borrow_mut(),
+        addr.clone(),
+        &key,
+        meta,
+        services.rooms.max_members,
+    );
+    let Some(joined) = joined else {
+        owner.send(&addr, JoinRefused("room_full"));
+        if room.idle() {
+            rooms.rooms.remove(&topic);
+        }
+        return;
+    };
+    let online = room.tracker.presences().user_count();
+    if let Some(left) = joined.replaced.filter(|l| l.last_of_key) {
+        owner.broadcast(
+            "user_left",
+            &user_payload(&left.key, &left.meta.name, online),
+        );
+    }
+    if joined.first_of_key {
+        owner.broadcast("user_joined", &user_payload(&key, &name, online));
+    }
+    owner.send(&addr, PresenceState(room.tracker.state_payload()));
+    match &mut room.history {
+        History::Warm { .. } => {
+            let state = room.room_state(&topic);
+            room.send_room_state(owner, &addr, state, services.rooms.history_limit);
+        }
+        History::Loading { waiters } => waiters.push(addr),
+        History::Cold => {
+            room.history = History::Loading {
+                waiters: vec![addr],
+            };
+            let load = services
+                .storage
+                .open_room(&topic, services.rooms.history_limit, now_ms());
+            let services = services.clone();
+            owner.spawn_then(load, move |owner, result| {
+                owner_loaded(owner, &services, result)
+            });
+        }
+    }
+}
+
+fn owner_loaded(
+    owner: &mut OwnerCtx<'_>,
+    services: &Services,
+    result: Result<RoomSnapshot, StorageError>,
+) {
+    let rooms = owner.state::<Rooms>();
+    let mut rooms = rooms.borrow_mut();
+    let topic = owner.topic().to_string();
+    let Some(room) = rooms.rooms.get_mut(&topic) else {
+        return;
+    };
+    let waiters = match std::mem::take(&mut room.history) {
+        History::Loading { waiters } => waiters,
+        other => {
+            room.history = other;
+            return;
+        }
+    };
+    match result {
+        Ok(snapshot) => {
+            let mut messages: VecDeque<MessageRow> = snapshot.recent.into();
+            while messages.len() > services.rooms.history_limit {
+                messages.pop_front();
+            }
+            room.history = History::Warm {
+                info: snapshot.room,
+                messages,
+            };
+        }
+        Err(e) => {
+            tracing::error!(topic, error = %e, "room history cannot be loaded");
+            room.history = History::Cold;
+        }
+    }
+    let state = room.room_state(&topic);
+    for addr in waiters {
+        // Only joiners still there (the same join) get it.
+        if room
+            .tracker
+            .member(addr.conn_id)
+            .is_some_and(|m| m.addr == addr)
+        {
+            room.send_room_state(owner, &addr, state.clone(), services.rooms.history_limit);
+        }
+    }
+    release(owner, room, services.rooms.history_limit);
+    if room.idle() {
+        rooms.rooms.remove(&topic);
+    }
+}
+
+fn owner_post(
+    owner: &mut OwnerCtx<'_>,
+    services: &Arc<Services>,
+    addr: ConnAddr,
+    to: ReplyRef,
+    user: User,
+    body: String,
+) {
+    let rooms = owner.state::<Rooms>();
+    let mut rooms = rooms.borrow_mut();
+    let topic = owner.topic().to_string();
+    let member = rooms
+        .rooms
+        .get_mut(&topic)
+        .filter(|r| r.tracker.member(addr.conn_id).is_some());
+    let Some(room) = member else {
+        owner.send(
+            &addr,
+            Posted {
+                to,
+                result: Err(reason("not_joined")),
+            },
+        );
+        return;
+    };
+    let seq = room.next_seq;
+    room.next_seq += 1;
+    // Enqueued now, in this task: the storage thread commits (and numbers) in seq order.
+    let insert = services
+        .storage
+        .insert_message(&topic, &user.id, &user.name, &body, now_ms());
+    let limit = services.rooms.history_limit;
+    owner.spawn_then(insert, move |owner, result| {
+        let rooms = owner.state::<Rooms>();
+        let mut rooms = rooms.borrow_mut();
+        let topic = owner.topic().to_string();
+        let Some(room) = rooms.rooms.get_mut(&topic) else {
+            // Unreachable: a room with a message in flight is kept.
+            return;
+        };
+        room.committed.insert(seq, Commit { result, addr, to });
+        release(owner, room, limit);
+        if room.idle() {
+            rooms.rooms.remove(&topic);
+        }
+    });
+}
+
+/// Announces committed messages in the order they were sent to storage (= id order). Held while
+/// the history loads, so a joiner's `room_state` comes before the messages that follow it.
+fn release(owner: &mut OwnerCtx<'_>, room: &mut Room, limit: usize) {
+    if matches!(room.history, History::Loading { .. }) || !room.unconfirmed.is_empty() {
+        return;
+    }
+    while let Some(commit) = room.committed.remove(&room.next_release) {
+        room.next_release += 1;
+        match commit.result {
+            Ok(row) => {
+                let payload = Payload::json(&message_json(&row));
+                if let History::Warm { info, messages } = &mut room.history {
+                    // A row the loaded snapshot already had is not added twice.
+                    if messages.back().is_none_or(|m| m.id < row.id) {
+                        info.message_count += 1;
+                        messages.push_back(row);
+                        while messages.len() > limit {
+                            messages.pop_front();
+                        }
+                    }
+                }
+                owner.broadcast("new_message", &payload);
+                owner.send(
+                    &commit.addr,
+                    Posted {
+                        to: commit.to,
+                        result: Ok(payload),
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::warn!(topic = %owner.topic(), error = %e, "message not stored");
+                let why = match e {
+                    StorageError::Overloaded => "server_busy",
+                    _ => "storage_unavailable",
+                };
+                owner.send(
+                    &commit.addr,
+                    Posted {
+                        to: commit.to,
+                        result: Err(reason(why)),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// A joiner's `room_state` is queued (`token: None`), or its confirmation timed out.
+fn owner_confirm(owner: &mut OwnerCtx<'_>, conn: ConnId, token: Option<u64>, limit: usize) {
+    let rooms = owner.state::<Rooms>();
+    let mut rooms = rooms.borrow_mut();
+    let topic = owner.topic().to_string();
+    let Some(room) = rooms.rooms.get_mut(&topic) else {
+        return;
+    };
+    let current = room.unconfirmed.get(&conn).copied();
+    match (current, token) {
+        (Some(_), None) => {
+            room.unconfirmed.remove(&conn);
+        }
+        (Some(sent), Some(timed_out)) if sent == timed_out => {
+            tracing::warn!(
+                topic,
+                conn,
+                "room_state not confirmed in time; announcing messages"
+            );
+            room.unconfirmed.remove(&conn);
+        }
+        _ => return,
+    }
+    release(owner, room, limit);
+    if room.idle() {
+        rooms.rooms.remove(&topic);
+    }
+}
+
+fn owner_leave(owner: &mut OwnerCtx<'_>, conn: ConnId, limit: usize) {
+    let rooms = owner.state::<Rooms>();
+    let mut rooms = rooms.borrow_mut();
+    let topic = owner.topic().to_string();
+    let Some(room) = rooms.rooms.get_mut(&topic) else {
+        return;
+    };
+    let was_unconfirmed = room.unconfirmed.remove(&conn).is_some();
+    if let Some(left) = room.tracker.leave(owner, conn) {
+        if left.stopped_typing {
+            let p = Payload::json(&json!({ "user_id": left.key, "typing": false }));
+            owner.broadcast_from("user_typing", &p, conn);
+        }
+        if left.last_of_key {
+            let online = room.tracker.presences().user_count();
+            owner.broadcast(
+                "user_left",
+                &user_payload(&left.key, &left.meta.name, online),
+            );
+        }
+    }
+    if was_unconfirmed {
+        release(owner, room, limit);
+    }
+    if room.idle() {
+        rooms.rooms.remove(&topic);
+    }
+}
+
+fn owner_typing(owner: &mut OwnerCtx<'_>, conn: ConnId, typing: bool) {
+    let rooms = owner.state::<Rooms>();
+    let refs = owner.state::<RefGen>();
+    let mut rooms = rooms.borrow_mut();
+    let topic = owner.topic().to_string();
+    let Some(room) = rooms.rooms.get_mut(&topic) else {
+        return;
+    };
+    let updated = room
+        .tracker
+        .update(owner, &mut refs.borrow_mut(), conn, |m| m.typing = typing);
+    if let Some((key, now)) = updated.and_then(|u| u.typing_now.map(|t| (u.key, t))) {
+        let p = Payload::json(&json!({ "user_id": key, "typing": now }));
+        owner.broadcast_from("user_typing", &p, conn);
+    }
+}
+
+fn owner_status(owner: &mut OwnerCtx<'_>, conn: ConnId, status: String) {
+    let rooms = owner.state::<Rooms>();
+    let refs = owner.state::<RefGen>();
+    let mut rooms = rooms.borrow_mut();
+    let topic = owner.topic().to_string();
+    if let Some(room) = rooms.rooms.get_mut(&topic) {
+        room.tracker
+            .update(owner, &mut refs.borrow_mut(), conn, |m| m.status = status);
+    }
+}
+
+fn owner_query(owner: &mut OwnerCtx<'_>, addr: ConnAddr, to: ReplyRef) {
+    let rooms = owner.state::<Rooms>();
+    let rooms = rooms.borrow();
+    let topic: &str = owner.topic();
+    let payload = match rooms.rooms.get(topic) {
+        Some(room) => {
+            let p = room.tracker.presences();
+            json!({
+                "users": p.online_users().map(|(id, name)| json!({ "id": id, "name": name })).collect::<Vec<_>>(),
+                "typing_users": p.typing_users().collect::<Vec<_>>(),
+                "online_count": p.user_count(),
+            })
+        }
+        None => json!({ "users": [], "typing_users": [], "online_count": 0 }),
+    };
+    owner.send(
+        &addr,
+        Answer {
+            to,
+            payload: Payload::json(&payload),
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_trimmed_and_checked() {
+        let v = |s: &str| Some(Value::String(s.into()));
+        assert_eq!(validate_body(v("  hi  ").as_ref(), 10), Ok("hi".into()));
+        assert_eq!(
+            validate_body(v(" \n\t ").as_ref(), 10),
+            Err("can't be blank".into())
+        );
+        assert_eq!(validate_body(None, 10), Err("can't be blank".into()));
+        assert_eq!(validate_body(Some(&json!(5)), 10), Err("is invalid".into()));
+        assert_eq!(
+            validate_body(v(&"x".repeat(11)).as_ref(), 10),
+            Err("should be at most 10 byte(s)".into())
+        );
+        // Bytes, not characters: five 2-byte characters are 10 bytes.
+        assert!(validate_body(v("ééééé").as_ref(), 10).is_ok());
+        assert!(validate_body(v("éééééé").as_ref(), 10).is_err());
+        // Trimmed first: surrounding spaces do not count.
+        assert!(validate_body(v(&format!("  {}  ", "x".repeat(10))).as_ref(), 10).is_ok());
+    }
+
+    #[test]
+    fn message_wire_form() {
+        let m = MessageRow {
+            id: 7,
+            user_id: "u1".into(),
+            user_name: "Ada".into(),
+            body: "hi".into(),
+            inserted_at_ms: 0,
+        };
+        assert_eq!(
+            message_json(&m),
+            json!({"id": 7, "body": "hi", "user": {"id": "u1", "name": "Ada"},
+                   "inserted_at": "1970-01-01T00:00:00.000Z"})
+        );
+    }
+}
