@@ -59,9 +59,6 @@ struct Answer {
 /// Check whether the typing state has expired.
 struct TypingCheck;
 
-/// How long a joiner may take to confirm that its `room_state` is queued before new messages are
-/// announced anyway (only a channel that crashed would not confirm).
-const CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
 
 // --- The channel (one per joined connection) ------------------------------------------------
 
@@ -235,9 +232,6 @@ impl Channel for RoomChannel {
             push(ctx, STATE_EVENT, p);
         } else if let Some(RoomState(p)) = msg.downcast_ref::<RoomState>() {
             push(ctx, "room_state", p);
-            // Queued: messages committed after this snapshot may be announced now.
-            let (conn, limit) = (ctx.conn_id(), self.services.rooms.history_limit);
-            ctx.run_on_owner(move |owner| owner_confirm(owner, conn, None, limit));
         } else if let Some(a) = msg.downcast_ref::<Answer>() {
             send_reply(ctx, &a.to, ReplyStatus::Ok, &a.payload);
         } else if let Some(JoinRefused(why)) = msg.downcast_ref::<JoinRefused>() {
@@ -256,8 +250,7 @@ impl Channel for RoomChannel {
             return;
         };
         let conn = ctx.conn_id();
-        let limit = self.services.rooms.history_limit;
-        ctx.run_on_owner(move |owner| owner_leave(owner, conn, limit));
+        ctx.run_on_owner(move |owner| owner_leave(owner, conn));
         super::end_session(ctx, &self.services, &j.user, why);
     }
 }
@@ -312,11 +305,6 @@ struct Room {
     /// ... and the next one to announce: commits are announced in this order only.
     next_release: u64,
     committed: BTreeMap<u64, Commit>,
-    /// Joiners sent a `room_state` that they have not confirmed yet (with a token per send).
-    /// Messages are not announced meanwhile: the snapshot travels to the channel's `handle_info`
-    /// and a broadcast sent after it could otherwise be written to that socket first.
-    unconfirmed: HashMap<ConnId, u64>,
-    next_token: u64,
 }
 
 #[derive(Default)]
@@ -346,22 +334,10 @@ impl Room {
             && !matches!(self.history, History::Loading { .. })
     }
 
-    /// Sends `room_state` to `addr` and holds announcements until it is confirmed (or the
-    /// confirmation times out).
-    fn send_room_state(
-        &mut self,
-        owner: &mut OwnerCtx<'_>,
-        addr: &ConnAddr,
-        state: Payload,
-        limit: usize,
-    ) {
-        self.next_token += 1;
-        let (conn, token) = (addr.conn_id, self.next_token);
-        self.unconfirmed.insert(conn, token);
+    /// Sends `room_state` to `addr`. Broadcasts the owner makes afterwards reach that connection
+    /// after it (the connection's mailbox keeps the owner's order).
+    fn send_room_state(&mut self, owner: &mut OwnerCtx<'_>, addr: &ConnAddr, state: Payload) {
         owner.send(addr, RoomState(state));
-        owner.spawn_then(glommio::timer::sleep(CONFIRM_TIMEOUT), move |owner, ()| {
-            owner_confirm(owner, conn, Some(token), limit)
-        });
     }
 
     fn room_state(&self, topic: &str) -> Payload {
@@ -443,7 +419,7 @@ fn owner_join(
     match &mut room.history {
         History::Warm { .. } => {
             let state = room.room_state(&topic);
-            room.send_room_state(owner, &addr, state, services.rooms.history_limit);
+            room.send_room_state(owner, &addr, state);
         }
         History::Loading { waiters } => waiters.push(addr),
         History::Cold => {
@@ -503,7 +479,7 @@ fn owner_loaded(
             .member(addr.conn_id)
             .is_some_and(|m| m.addr == addr)
         {
-            room.send_room_state(owner, &addr, state.clone(), services.rooms.history_limit);
+            room.send_room_state(owner, &addr, state.clone());
         }
     }
     release(owner, room, services.rooms.history_limit);
@@ -563,7 +539,7 @@ fn owner_post(
 /// Announces committed messages in the order they were sent to storage (= id order). Held while
 /// the history loads, so a joiner's `room_state` comes before the messages that follow it.
 fn release(owner: &mut OwnerCtx<'_>, room: &mut Room, limit: usize) {
-    if matches!(room.history, History::Loading { .. }) || !room.unconfirmed.is_empty() {
+    if matches!(room.history, History::Loading { .. }) {
         return;
     }
     while let Some(commit) = room.committed.remove(&room.next_release) {
@@ -608,43 +584,13 @@ fn release(owner: &mut OwnerCtx<'_>, room: &mut Room, limit: usize) {
     }
 }
 
-/// A joiner's `room_state` is queued (`token: None`), or its confirmation timed out.
-fn owner_confirm(owner: &mut OwnerCtx<'_>, conn: ConnId, token: Option<u64>, limit: usize) {
+fn owner_leave(owner: &mut OwnerCtx<'_>, conn: ConnId) {
     let rooms = owner.state::<Rooms>();
     let mut rooms = rooms.borrow_mut();
     let topic = owner.topic().to_string();
     let Some(room) = rooms.rooms.get_mut(&topic) else {
         return;
     };
-    let current = room.unconfirmed.get(&conn).copied();
-    match (current, token) {
-        (Some(_), None) => {
-            room.unconfirmed.remove(&conn);
-        }
-        (Some(sent), Some(timed_out)) if sent == timed_out => {
-            tracing::warn!(
-                topic,
-                conn,
-                "room_state not confirmed in time; announcing messages"
-            );
-            room.unconfirmed.remove(&conn);
-        }
-        _ => return,
-    }
-    release(owner, room, limit);
-    if room.idle() {
-        rooms.rooms.remove(&topic);
-    }
-}
-
-fn owner_leave(owner: &mut OwnerCtx<'_>, conn: ConnId, limit: usize) {
-    let rooms = owner.state::<Rooms>();
-    let mut rooms = rooms.borrow_mut();
-    let topic = owner.topic().to_string();
-    let Some(room) = rooms.rooms.get_mut(&topic) else {
-        return;
-    };
-    let was_unconfirmed = room.unconfirmed.remove(&conn).is_some();
     if let Some(left) = room.tracker.leave(owner, conn) {
         if left.stopped_typing {
             let p = Payload::json(&json!({ "user_id": left.key, "typing": false }));
@@ -657,9 +603,6 @@ fn owner_leave(owner: &mut OwnerCtx<'_>, conn: ConnId, limit: usize) {
                 &user_payload(&left.key, &left.meta.name, online),
             );
         }
-    }
-    if was_unconfirmed {
-        release(owner, room, limit);
     }
     if room.idle() {
         rooms.rooms.remove(&topic);
