@@ -132,6 +132,9 @@ struct Role {
     publisher: bool,
     /// Counts deliveries (and their latency).
     subscriber: bool,
+    /// Where in each publish period this connection publishes (0..1): publishers are spread
+    /// over the period rather than all firing at once.
+    phase: f64,
 }
 
 struct Shared {
@@ -349,13 +352,15 @@ fn roles(args: &Args, rate: f64) -> (Vec<Role>, usize) {
                     rate: 0.0,
                     publisher: false,
                     subscriber: true,
+                    phase: 0.0,
                 })
                 .collect();
-            v.extend((0..pubs).map(|_| Role {
+            v.extend((0..pubs).map(|p| Role {
                 topic_index: 0,
                 rate: rate / pubs as f64,
                 publisher: true,
                 subscriber: false,
+                phase: p as f64 / pubs as f64,
             }));
             (v, 1)
         }
@@ -366,6 +371,7 @@ fn roles(args: &Args, rate: f64) -> (Vec<Role>, usize) {
                     rate,
                     publisher: true,
                     subscriber: true,
+                    phase: (i as f64 * 0.618_033_988_75).fract(),
                 })
                 .collect();
             (v, args.rooms)
@@ -452,6 +458,7 @@ fn run_pubsub(args: &Args, server: SocketAddr, rate: f64, secs: f64) -> anyhow::
                                 &topic_w,
                                 &event,
                                 role.rate,
+                                role.phase,
                                 payload,
                                 binary,
                                 start,
@@ -543,6 +550,7 @@ async fn publish(
     topic: &str,
     event: &str,
     rate: f64,
+    phase: f64,
     payload: usize,
     binary: bool,
     start: Instant,
@@ -560,14 +568,14 @@ async fn publish(
             continue;
         }
         let due = if rate > 0.0 {
-            (start.elapsed().as_secs_f64() * rate) as u64
+            (start.elapsed().as_secs_f64() * rate + phase) as u64
         } else {
             sent + 16
         };
         let batch = due.saturating_sub(sent).min(1024);
         if batch == 0 {
             // Sleep until the next publish is due (slow publishers must not spin the harness).
-            let next = Duration::from_secs_f64((sent + 1) as f64 / rate);
+            let next = Duration::from_secs_f64(((sent + 1) as f64 - phase).max(0.0) / rate);
             let wait = next
                 .saturating_sub(start.elapsed())
                 .max(Duration::from_micros(50));
