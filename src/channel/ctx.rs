@@ -16,8 +16,14 @@ pub enum Effect {
     Send(Bytes),
     /// Publish to every subscriber of a topic, on every shard.
     Broadcast(Arc<Broadcast>),
-    /// Subscribe this connection to a topic (done before the join reply is sent).
-    Subscribe(Topic),
+    /// Subscribe this connection to a topic (done before the join reply is sent). A `gated`
+    /// subscription receives no broadcasts until an owner task opens it.
+    Subscribe {
+        topic: Topic,
+        gated: bool,
+    },
+    /// Asked for in `join`: subscribe gated (see [`ChannelCtx::hold_broadcasts`]).
+    HoldBroadcasts,
     Unsubscribe(Topic),
     /// Deliver `msg` to the channel's `handle_info` after `delay` (at once when `None`).
     Info {
@@ -49,7 +55,8 @@ impl std::fmt::Debug for Effect {
         match self {
             Effect::Send(b) => write!(f, "Send({:?})", String::from_utf8_lossy(b)),
             Effect::Broadcast(b) => write!(f, "Broadcast({}:{})", b.topic, b.event),
-            Effect::Subscribe(t) => write!(f, "Subscribe({t})"),
+            Effect::Subscribe { topic, gated } => write!(f, "Subscribe({topic}, gated: {gated})"),
+            Effect::HoldBroadcasts => write!(f, "HoldBroadcasts"),
             Effect::Unsubscribe(t) => write!(f, "Unsubscribe({t})"),
             Effect::Info { topic, delay, .. } => write!(f, "Info({topic}, {delay:?})"),
             Effect::Close { code, reason } => write!(f, "Close({code}, {reason})"),
@@ -220,6 +227,15 @@ impl<'a> ChannelCtx<'a> {
     /// frames it produced) — Phoenix's `send(self(), msg)`, e.g. for work after a join.
     pub fn send_self(&mut self, msg: impl Any) {
         self.info(None, Box::new(msg));
+    }
+
+    /// Called in `join`: broadcasts on this topic are not delivered to this socket until an owner
+    /// task opens them with [`OwnerCtx::open`] for this channel's address. Broadcasts the owner
+    /// made before that point are skipped (a snapshot sent by that task covers them); everything
+    /// after it is delivered, in order. For joiners that must see a snapshot (`room_state`)
+    /// before the messages that follow it, without duplicates.
+    pub fn hold_broadcasts(&mut self) {
+        self.out.effects.push(Effect::HoldBroadcasts);
     }
 
     /// This channel's address, for answers from owner tasks ([`OwnerCtx::send`]).

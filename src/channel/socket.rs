@@ -108,7 +108,11 @@ impl PhoenixSocket {
             }))
         };
         // Effects of the join callback go after the reply.
-        let from_join = out.effects.split_off(before);
+        let mut from_join = out.effects.split_off(before);
+        let gated = from_join
+            .iter()
+            .any(|e| matches!(e, Effect::HoldBroadcasts));
+        from_join.retain(|e| !matches!(e, Effect::HoldBroadcasts));
         let reply_to = ReplyRef {
             topic: topic.clone(),
             join_ref: join_ref.clone(),
@@ -116,8 +120,11 @@ impl PhoenixSocket {
         };
         match result {
             Ok(Ok(response)) => {
-                if replaced.is_none() {
-                    out.effects.push(Effect::Subscribe(topic.clone()));
+                if replaced.is_none() || gated {
+                    out.effects.push(Effect::Subscribe {
+                        topic: topic.clone(),
+                        gated,
+                    });
                 }
                 self.send_reply(&reply_to, ReplyStatus::Ok, &response, out);
                 out.effects.extend(from_join);

@@ -59,7 +59,6 @@ struct Answer {
 /// Check whether the typing state has expired.
 struct TypingCheck;
 
-
 // --- The channel (one per joined connection) ------------------------------------------------
 
 pub struct RoomChannel {
@@ -152,6 +151,9 @@ impl Channel for RoomChannel {
         let meta = new_meta(&user, status_param(&params));
         let response = Payload::json(&json!({ "user": user.summary() }));
         let (addr, services, key) = (ctx.address(), self.services.clone(), user.id.clone());
+        // Broadcasts reach this joiner from its owner join task on: what the room said before
+        // is in the `room_state` snapshot that task sends.
+        ctx.hold_broadcasts();
         ctx.run_on_owner(move |owner| owner_join(owner, &services, addr, key, meta));
         touch_session(ctx, &self.services, &user);
         self.joined = Some(Joined {
@@ -384,6 +386,9 @@ fn owner_join(
     key: String,
     meta: Meta,
 ) {
+    // From here on the joiner receives the room's broadcasts (its own join announcements
+    // included); earlier messages are in the snapshot it is sent below.
+    owner.open(&addr);
     let rooms = owner.state::<Rooms>();
     let refs = owner.state::<RefGen>();
     let mut rooms = rooms.borrow_mut();

@@ -30,6 +30,8 @@ pub struct ConnMessage {
 pub enum ShardMsg {
     Broadcast(Arc<Broadcast>),
     ToConn(ConnMessage),
+    /// Open a gated subscription (see `OwnerCtx::open`).
+    Open(ConnAddr),
 }
 
 pub enum OwnerMsg {

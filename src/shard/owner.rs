@@ -22,6 +22,7 @@ use std::sync::Arc;
 type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
 
 enum OwnerEffect {
+    Open(ConnAddr),
     Broadcast(Arc<Broadcast>),
     Send(ConnMessage),
     /// A future to run on this shard; it ends by running a continuation as another owner task.
@@ -97,6 +98,13 @@ impl OwnerCtx<'_> {
         })));
     }
 
+    /// Opens the gated subscription of the channel at `to` (see
+    /// [`ChannelCtx::hold_broadcasts`](crate::channel::ChannelCtx::hold_broadcasts)): broadcasts
+    /// this task and later ones make reach it; earlier ones did not.
+    pub fn open(&mut self, to: &ConnAddr) {
+        self.effects.push(OwnerEffect::Open(to.clone()));
+    }
+
     /// Sends `msg` to the channel at `to` (its `handle_info`), wherever it lives.
     pub fn send(&mut self, to: &ConnAddr, msg: impl Any + Send) {
         self.effects.push(OwnerEffect::Send(ConnMessage {
@@ -140,6 +148,16 @@ pub async fn run_task(
             }
             OwnerEffect::Spawn(fut) => {
                 glommio::spawn_local(fut).detach();
+            }
+            OwnerEffect::Open(addr) => {
+                let target = addr.shard();
+                if target == shard.id {
+                    shard.topics.borrow().open_gate(&addr.topic, addr.conn_id);
+                } else {
+                    let _ = shard.mesh.delivery[target]
+                        .send_async(ShardMsg::Open(addr))
+                        .await;
+                }
             }
             OwnerEffect::Send(m) => {
                 let target = m.to.shard();

@@ -96,6 +96,10 @@ pub struct Subscriber {
     pub conn_id: ConnId,
     pub serializer: Serializer,
     pub conn: Rc<ConnShared>,
+    /// Receives no broadcasts until an owner task opens it ([`ChannelCtx::hold_broadcasts`]).
+    ///
+    /// [`ChannelCtx::hold_broadcasts`]: crate::channel::ChannelCtx::hold_broadcasts
+    pub gated: std::cell::Cell<bool>,
 }
 
 struct LocalTopic {
@@ -153,7 +157,7 @@ impl Topics {
         };
         let (mut delivered, mut dropped) = (0, 0);
         for sub in &entry.subscribers {
-            if Some(sub.conn_id) == msg.exclude {
+            if Some(sub.conn_id) == msg.exclude || sub.gated.get() {
                 continue;
             }
             if let Some(frame) = msg.frame_for(sub.serializer) {
@@ -163,6 +167,17 @@ impl Topics {
             }
         }
         (delivered, dropped)
+    }
+
+    /// Lets broadcasts on `topic` reach a gated subscriber from now on.
+    pub fn open_gate(&self, topic: &str, conn_id: ConnId) {
+        if let Some(sub) = self
+            .local
+            .get(topic)
+            .and_then(|t| t.subscribers.iter().find(|s| s.conn_id == conn_id))
+        {
+            sub.gated.set(false);
+        }
     }
 
     pub fn local_subscriber_count(&self, topic: &str) -> usize {
@@ -292,6 +307,7 @@ pub async fn run_delivery_inbox(shard: Rc<Shard>, inbox: flume::Receiver<ShardMs
         match msg {
             ShardMsg::Broadcast(msg) => deliver(&shard, &msg),
             ShardMsg::ToConn(m) => shard.post_to_conn(m),
+            ShardMsg::Open(addr) => shard.topics.borrow().open_gate(&addr.topic, addr.conn_id),
         }
     }
 }

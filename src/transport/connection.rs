@@ -538,7 +538,7 @@ impl Conn {
                     self.shared.outbound.push(frame);
                 }
                 Effect::Broadcast(msg) => pubsub::publish(&self.shard, msg).await,
-                Effect::Subscribe(topic) => {
+                Effect::Subscribe { topic, gated } => {
                     let serializer = self
                         .socket
                         .as_ref()
@@ -547,6 +547,7 @@ impl Conn {
                         conn_id: self.conn_id,
                         serializer,
                         conn: self.shared.clone(),
+                        gated: std::cell::Cell::new(gated),
                     };
                     // Boxed: rare (joins), and large; keeps every connection's task small.
                     Box::pin(pubsub::subscribe(&self.shard, topic, sub)).await;
@@ -584,6 +585,8 @@ impl Conn {
                     .detach();
                 }
                 Effect::Close { code, reason } => self.close(code, reason),
+                // Only meaningful inside `join`, where the socket turns it into a gated subscribe.
+                Effect::HoldBroadcasts => {}
                 Effect::RunOnOwner { topic, task } => {
                     Box::pin(crate::shard::owner::dispatch(&self.shard, topic, task)).await
                 }
