@@ -6,7 +6,7 @@ use common::*;
 use serde_json::json;
 use shardcast::channel::{
     App, Assigns, Channel, ChannelCtx, ConnectInfo, ConnectRefused, HandleIn, HandleInfo, Payload,
-    ReplyRef, Router,
+    ReplyRef, Router, TerminateReason,
 };
 use shardcast::ReplyStatus;
 use std::any::Any;
@@ -106,6 +106,12 @@ impl Channel for Table {
             .unwrap();
         }
         HandleInfo::Continue
+    }
+
+    fn terminate(&mut self, ctx: &mut ChannelCtx<'_>, reason: TerminateReason) {
+        // What a presence-like channel does: release its entry, whatever ended the join.
+        let payload = Payload::json(&json!({ "reason": format!("{reason:?}") }));
+        ctx.broadcast("released", &payload);
     }
 }
 

@@ -48,16 +48,6 @@ fn remove_meta(topic: &str, user: &str, meta: &Value) {
     });
 }
 
-/// A crashed channel is dropped without `terminate`; like Phoenix's tracker, which watches the
-/// channel process, its presence goes away silently.
-impl Drop for GoldenRoom {
-    fn drop(&mut self) {
-        if let Some((user, meta)) = self.user.take() {
-            remove_meta(&self.topic, &user, &meta);
-        }
-    }
-}
-
 struct AfterJoin;
 
 impl GoldenRoom {

@@ -93,6 +93,10 @@ pub enum TerminateReason {
     Duplicate,
     /// The connection closed (or the server is shutting down).
     Disconnect,
+    /// A callback panicked. `terminate` still runs (after the socket has unsubscribed) so the
+    /// channel can release what it holds elsewhere, such as presence entries on the owner
+    /// shard; the channel's own fields may be half-updated. The client gets `phx_error`.
+    Crashed,
 }
 
 /// One joined topic on one socket. A fresh value is created for every join, so fields are the
@@ -110,7 +114,7 @@ pub trait Channel: 'static {
         HandleInfo::Continue
     }
 
-    /// The channel is going away. Not called after a panic (a crash), as in Phoenix.
+    /// The channel is going away (after a panic too, with [`TerminateReason::Crashed`]).
     fn terminate(&mut self, _ctx: &mut ChannelCtx<'_>, _reason: TerminateReason) {}
 }
 

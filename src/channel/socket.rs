@@ -276,9 +276,18 @@ impl PhoenixSocket {
 
     /// A panic in a callback: the channel is gone (no `terminate`), the client gets `phx_error`
     /// and rejoins by itself; the connection and its other channels live on.
-    fn crashed(&mut self, topic: Topic, joined: Joined, out: &mut Outbox<'_>) {
+    fn crashed(&mut self, topic: Topic, mut joined: Joined, out: &mut Outbox<'_>) {
         tracing::error!(topic = %topic, conn = self.conn.conn_id, "channel crashed");
         out.effects.push(Effect::Unsubscribe(topic.clone()));
+        // Cleanup only (presence entries elsewhere); a second panic is caught and ignored.
+        self.call(
+            &topic,
+            &joined.join_ref,
+            None,
+            out,
+            |ch, ctx| ch.terminate(ctx, TerminateReason::Crashed),
+            &mut joined.channel,
+        );
         self.control(&topic, &joined.join_ref, event::ERROR, out);
     }
 

@@ -136,6 +136,7 @@ pub(crate) fn disconnect_reason(reason: TerminateReason) -> &'static str {
         TerminateReason::Normal => "closed",
         TerminateReason::Duplicate => "rejoined",
         TerminateReason::Disconnect => "disconnect",
+        TerminateReason::Crashed => "crashed",
     }
 }
 
