@@ -367,6 +367,65 @@ fn resent_operations_are_acknowledged_not_applied_twice() {
 }
 
 #[test]
+fn a_fresh_rejoin_on_the_same_connection_still_gets_its_operation_in_flight() {
+    let dir = TempDir::new("docs-rejoin-inflight");
+    let server = FeatureServer::start(&dir.0, |_| {});
+    let topic = "document:inflight";
+    let mut a = server.client("alice", "Alice");
+    let ja = seed(&mut a, topic, "abc");
+    // Sent, then at once a join of the same topic on the same connection (as a client that gave
+    // up on its state does): the old join's acknowledgement is lost with it.
+    a.push(
+        &ja,
+        topic,
+        "operation",
+        json!({"op": [3, "!"], "version": 1, "client_id": "tab", "seq": 2}),
+    );
+    let (_, event, state) = join_doc(&mut a, topic, json!({}));
+    assert_eq!(event, "document_state");
+    if state["version"] == 1 {
+        // Not durable when the state was taken: it arrives as an operation, not excluded.
+        assert_eq!(state["content"], "abc");
+        let op = a.event(topic, "operation");
+        assert_eq!(
+            op,
+            json!({"op": [3, "!"], "version": 2, "user_id": "alice", "client_id": "tab", "seq": 2})
+        );
+    } else {
+        assert_eq!(state, json!({"content": "abc!", "version": 2}));
+    }
+    assert_eq!(content(&server, topic), ("abc!".to_owned(), 2));
+}
+
+#[test]
+fn a_failed_append_is_not_acknowledged_and_the_document_reloads() {
+    let dir = TempDir::new("docs-fail");
+    let server = FeatureServer::start(&dir.0, |_| {});
+    let topic = "document:broken";
+    let mut a = server.client("alice", "Alice");
+    let mut b = server.client("bob", "Bob");
+    let ja = seed(&mut a, topic, "abc");
+    open(&mut b, topic);
+    // Someone else writes the database behind the server's back: the next append does not follow.
+    let db = rusqlite::Connection::open(dir.0.join("documents.sqlite3")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    db.execute("UPDATE documents SET version = 10 WHERE id = 'broken'", [])
+        .unwrap();
+    let op = json!({"op": [3, "!"], "version": 1, "client_id": "tab", "seq": 2});
+    let r = submit(&mut a, &ja, topic, op.clone());
+    assert_eq!(r["status"], "error");
+    assert_eq!(r["response"]["reason"], "storage_error", "{r}");
+    assert_eq!(b.event(topic, "resync"), json!({"reason": "storage_error"}));
+    // Nothing unacknowledged was shown to anyone; once the database is right again the
+    // document is reloaded from it and the resend is applied (once).
+    db.execute("UPDATE documents SET version = 1 WHERE id = 'broken'", [])
+        .unwrap();
+    let r = submit(&mut a, &ja, topic, op);
+    assert_eq!(r["response"], json!({"version": 2, "seq": 2}));
+    assert_eq!(content(&server, topic), ("abc!".to_owned(), 2));
+}
+
+#[test]
 fn limits_are_enforced() {
     let dir = TempDir::new("docs-limits");
     let server = FeatureServer::start(&dir.0, |c| {

@@ -452,7 +452,11 @@ export class OTClient {
     this.state = SYNCHRONIZED;
     this.outstanding = null;
     this.buffer = null;
-    for (const v of [...this.#incoming.keys()]) if (v <= version) this.#incoming.delete(v);
+    // Acknowledgements waiting here were for dropped operations; their revisions are in the
+    // text, or reach this client as operations.
+    for (const [v, event] of [...this.#incoming]) {
+      if (v <= version || event.kind === "ack") this.#incoming.delete(v);
+    }
     this.#drain();
     return dropped;
   }
@@ -658,7 +662,11 @@ export class DocumentSession {
     channel.on("document_catchup", mine((p) => this.#catchUp(p)));
     channel.on("operation", mine((p) => this.#operation(p)));
     channel.on("resync", mine(() => this.#reopen()));
-    channel.on("document_error", mine((p) => this.#fail(p.reason, p)));
+    channel.on("document_error", mine((p) => {
+      // The join was accepted but the document cannot be served now: retry unless it is gone.
+      if (p.reason === "Document not found") this.#fail(p.reason, p);
+      else this.#reopen({ delay: 500 + Math.random() * 1500 });
+    }));
     channel.onError(mine(() => {
       // phoenix.js re-joins by itself (the join params carry the version). Replies to what was
       // sent on the lost connection never come: the catch-up settles those operations.
@@ -711,8 +719,10 @@ export class DocumentSession {
 
   #catchUp({ operations }) {
     if (!this.client) return this.#reopen({ fresh: true });
-    this.#synced = true;
+    // Not synced while catching up: an acknowledgement found here that releases the buffer
+    // leaves it in flight, sent once below.
     const resend = this.client.catchUp(operations.map(toRevision));
+    this.#synced = true;
     if (resend) this.#send(resend);
     this.#resolveJoin();
     this.#notify();

@@ -6,6 +6,9 @@
 //! - [`room`]: `room:<id>` — chat with persisted history, typing indicators, presence.
 //! - [`collaboration`]: `collaboration:<id>` — presence with cursors and selections.
 //! - [`document`]: `document:<id>` — collaborative text (operational transform), persisted.
+//! - [`game`]: `game:<id>` — binary game state (latest value wins), audio, zstd bulk updates,
+//!   with a studio hook ([`GameHook`]); [`voice`]: `voice:<id>`, audio only.
+//! - [`uploads`]: `uploads:<user id>` — resumable chunked uploads to the data directory.
 //!
 //! Per-topic authority (presence, message order, warm history) lives on the topic's owner shard
 //! ([`ChannelCtx::run_on_owner`](crate::channel::ChannelCtx::run_on_owner)); the storage thread
@@ -15,12 +18,18 @@ pub mod auth;
 pub mod clock;
 pub mod collaboration;
 pub mod document;
+pub mod game;
 pub mod presence;
 pub mod room;
+pub mod uploads;
+pub mod voice;
 
 pub use auth::{Authenticator, Claims, Guarded, TokenAuth, User};
 pub use collaboration::CollaborationChannel;
+pub use game::{GameChannel, GameHook, GameSettings};
 pub use room::RoomChannel;
+pub use uploads::{UploadChannel, UploadServices};
+pub use voice::VoiceChannel;
 
 use crate::channel::echo::EchoChannel;
 use crate::channel::{App, ChannelCtx, Payload, Router, TerminateReason};
@@ -36,6 +45,8 @@ pub enum FeatureError {
     Auth(#[from] auth::AuthError),
     #[error("cannot open the documents database: {0}")]
     Documents(#[from] document::StoreError),
+    #[error(transparent)]
+    Uploads(#[from] uploads::UploadSetupError),
 }
 
 /// What the built-in channels share: the token checker, the storage handle, the limits.
@@ -88,6 +99,22 @@ pub fn default_app(config: &Config, storage: Storage) -> Result<App, FeatureErro
     // `document:*` (issue 6): its own database and thread, stopped when the routes are dropped.
     let documents = document::DocumentServices::open(config, auth.clone())?;
     let router = router.channel("document:*", move || documents.channel());
+    // The binary fast path (issue 5): `game:*`, `voice:*`, `uploads:*`.
+    let game = Arc::new(GameSettings::from_config(config));
+    let uploads = UploadServices::open(config)?;
+    let router = router
+        .channel("game:*", {
+            let (auth, game) = (auth.clone(), game.clone());
+            move || Guarded::new(auth.clone(), GameChannel::new(game.clone()))
+        })
+        .channel("voice:*", {
+            let auth = auth.clone();
+            move || Guarded::new(auth.clone(), VoiceChannel::from_game(&game))
+        })
+        .channel("uploads:*", {
+            let auth = auth.clone();
+            move || UploadChannel::new(uploads.clone(), Some(auth.clone()))
+        });
     Ok(App::new(TokenAuth::new(auth), router))
 }
 

@@ -52,6 +52,10 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub storage: StorageConfig,
     pub documents: DocumentsConfig,
+    pub game: GameConfig,
+    pub audio: AudioConfig,
+    pub bulk: BulkConfig,
+    pub uploads: UploadsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +256,185 @@ impl DocumentsConfig {
     }
 }
 
+/// `game:<id>` channels: what a `game_state` may contain, and how a slow subscriber is served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GameConfig {
+    /// The world: coordinates of positions and objects must lie within these bounds.
+    pub world_min_x: f32,
+    pub world_max_x: f32,
+    pub world_min_y: f32,
+    pub world_max_y: f32,
+    /// Position records per `game_state` at most.
+    pub max_positions: u32,
+    /// Object records per `game_state` at most.
+    pub max_objects: u32,
+    /// Largest `data` of one object, in bytes.
+    pub max_object_data: u32,
+    /// The object types a state may name; anything else is refused.
+    pub object_types: Vec<String>,
+    /// Latest-value-wins key for subscribers that are behind: `sender` (at most one queued
+    /// `game_update` per topic and publishing connection: with one publisher, such as an
+    /// authoritative simulation, that is one per topic; with every player publishing its own
+    /// state, nobody's update supersedes another player's) or `topic` (at most one per topic,
+    /// whoever sent it: updates of different members published at the same instant supersede
+    /// each other even for subscribers that keep up).
+    pub latest_per: String,
+}
+
+impl Default for GameConfig {
+    fn default() -> Self {
+        GameConfig {
+            world_min_x: -10_000.0,
+            world_max_x: 10_000.0,
+            world_min_y: -10_000.0,
+            world_max_y: 10_000.0,
+            max_positions: 1024,
+            max_objects: 1024,
+            max_object_data: 1024,
+            object_types: ["projectile", "pickup", "effect", "npc", "vehicle", "item"]
+                .map(String::from)
+                .to_vec(),
+            latest_per: "sender".into(),
+        }
+    }
+}
+
+impl GameConfig {
+    fn world_bounds_valid(&self) -> bool {
+        let all = [
+            self.world_min_x,
+            self.world_max_x,
+            self.world_min_y,
+            self.world_max_y,
+        ];
+        all.iter().all(|v| v.is_finite())
+            && self.world_min_x < self.world_max_x
+            && self.world_min_y < self.world_max_y
+    }
+
+    fn object_types_valid(&self) -> bool {
+        let mut seen = std::collections::HashSet::new();
+        self.object_types.len() <= 1024
+            && self
+                .object_types
+                .iter()
+                .all(|t| (1..=255).contains(&t.len()) && seen.insert(t.as_str()))
+    }
+}
+
+/// Audio relayed on `game:` and `voice:` topics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    /// Audio a subscriber that is behind keeps queued per sender; older frames are dropped.
+    pub budget_ms: u32,
+    /// Duration of one `audio_data` frame (the budget in frames is `budget_ms / frame_ms`).
+    pub frame_ms: u32,
+    /// Largest `audio_data` payload, in bytes.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        AudioConfig {
+            budget_ms: 200,
+            frame_ms: 20,
+            max_frame_bytes: 4096,
+        }
+    }
+}
+
+impl AudioConfig {
+    /// Frames per sender a subscriber may have queued (at least 1).
+    pub fn budget_frames(&self) -> u32 {
+        (self.budget_ms / self.frame_ms.max(1)).max(1)
+    }
+}
+
+/// `compressed_data` (zstd) bulk updates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BulkConfig {
+    /// Largest compressed payload accepted (the WebSocket message limit applies first).
+    pub max_compressed_bytes: usize,
+    /// Largest decompressed document; decompression never allocates past it.
+    pub max_decompressed_bytes: usize,
+    /// Elements of `updates` at most.
+    pub max_updates: usize,
+    /// zstd level for documents the server compresses itself (a hook that changed the updates).
+    pub level: i32,
+}
+
+impl Default for BulkConfig {
+    fn default() -> Self {
+        BulkConfig {
+            max_compressed_bytes: 1 << 20,
+            max_decompressed_bytes: 16 << 20,
+            max_updates: 100_000,
+            level: 3,
+        }
+    }
+}
+
+/// Resumable chunked uploads (`uploads:<user id>`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadsConfig {
+    /// Where uploads live; relative paths are under `data_dir`.
+    pub dir: PathBuf,
+    /// Chunk size offered when `upload_start` does not ask for one.
+    pub chunk_size: u32,
+    /// Smallest chunk size a client may ask for.
+    pub min_chunk_size: u32,
+    /// Largest chunk size a client may ask for (also capped to fit `websocket.max_message_size`).
+    pub max_chunk_size: u32,
+    /// Chunks per upload at most.
+    pub max_chunks: u32,
+    /// Largest file, in bytes.
+    pub max_file_size: u64,
+    /// Unfinished uploads one user may have at once.
+    pub max_concurrent_per_user: usize,
+    /// Bytes all uploads may take on disk: completed files plus the full size of unfinished ones.
+    pub quota_bytes: u64,
+    /// An unfinished upload without a chunk or `upload_start` for this long is deleted.
+    pub expire_after_ms: u64,
+    /// Chunks one connection may have waiting to be written; more are refused until some land.
+    pub max_pending_chunks: usize,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig {
+            dir: PathBuf::from("uploads"),
+            chunk_size: 256 * 1024,
+            min_chunk_size: 4 * 1024,
+            max_chunk_size: 512 * 1024,
+            max_chunks: 16_384,
+            max_file_size: 256 << 20,
+            max_concurrent_per_user: 4,
+            quota_bytes: 10 << 30,
+            expire_after_ms: 24 * 3600 * 1000,
+            max_pending_chunks: 8,
+        }
+    }
+}
+
+impl UploadsConfig {
+    /// The uploads directory: `dir`, under `data_dir` when relative.
+    pub fn path(&self, data_dir: &Path) -> PathBuf {
+        if self.dir.is_absolute() {
+            self.dir.clone()
+        } else {
+            data_dir.join(&self.dir)
+        }
+    }
+
+    pub fn expire_after(&self) -> Duration {
+        Duration::from_millis(self.expire_after_ms)
+    }
+}
+
 impl StorageConfig {
     /// The database file: `path`, under `data_dir` when relative.
     pub fn database_path(&self, data_dir: &Path) -> PathBuf {
@@ -281,6 +464,10 @@ impl Default for Config {
             rooms: RoomsConfig::default(),
             storage: StorageConfig::default(),
             documents: DocumentsConfig::default(),
+            game: GameConfig::default(),
+            audio: AudioConfig::default(),
+            bulk: BulkConfig::default(),
+            uploads: UploadsConfig::default(),
         }
     }
 }
@@ -516,6 +703,73 @@ impl Config {
                 matches!(self.documents.synchronous.as_str(), "full" | "normal"),
                 "documents.synchronous must be \"full\" or \"normal\"",
             ),
+            (
+                self.game.world_bounds_valid(),
+                "game: world bounds must be finite with world_min_x < world_max_x and world_min_y < world_max_y",
+            ),
+            (self.game.max_positions > 0, "game.max_positions must be > 0"),
+            (
+                self.game.object_types_valid(),
+                "game.object_types must be distinct names of 1 to 255 bytes (at most 1024)",
+            ),
+            (
+                matches!(self.game.latest_per.as_str(), "topic" | "sender"),
+                "game.latest_per must be \"topic\" or \"sender\"",
+            ),
+            (self.audio.frame_ms > 0, "audio.frame_ms must be > 0"),
+            (
+                self.audio.budget_ms >= self.audio.frame_ms
+                    && self.audio.budget_frames() <= 1000,
+                "audio.budget_ms must be at least frame_ms and at most 1000 frames",
+            ),
+            (
+                (1..=1 << 20).contains(&self.audio.max_frame_bytes),
+                "audio.max_frame_bytes must be within 1..=1048576",
+            ),
+            (
+                self.bulk.max_compressed_bytes > 0,
+                "bulk.max_compressed_bytes must be > 0",
+            ),
+            (
+                (1..=1 << 30).contains(&self.bulk.max_decompressed_bytes),
+                "bulk.max_decompressed_bytes must be within 1..=1073741824",
+            ),
+            (self.bulk.max_updates > 0, "bulk.max_updates must be > 0"),
+            (
+                (1..=19).contains(&self.bulk.level),
+                "bulk.level must be within 1..=19",
+            ),
+            (
+                !self.uploads.dir.as_os_str().is_empty(),
+                "uploads.dir must not be empty",
+            ),
+            (
+                self.uploads.min_chunk_size > 0
+                    && self.uploads.min_chunk_size <= self.uploads.chunk_size
+                    && self.uploads.chunk_size <= self.uploads.max_chunk_size,
+                "uploads: 0 < min_chunk_size <= chunk_size <= max_chunk_size is required",
+            ),
+            (
+                (1..=1_000_000).contains(&self.uploads.max_chunks),
+                "uploads.max_chunks must be within 1..=1000000",
+            ),
+            (
+                self.uploads.max_file_size > 0,
+                "uploads.max_file_size must be > 0",
+            ),
+            (
+                self.uploads.max_concurrent_per_user > 0,
+                "uploads.max_concurrent_per_user must be > 0",
+            ),
+            (self.uploads.quota_bytes > 0, "uploads.quota_bytes must be > 0"),
+            (
+                self.uploads.expire_after_ms > 0,
+                "uploads.expire_after_ms must be > 0",
+            ),
+            (
+                self.uploads.max_pending_chunks > 0,
+                "uploads.max_pending_chunks must be > 0",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err(ConfigError::Invalid((*msg).to_string())),
@@ -647,6 +901,49 @@ mod tests {
         ] {
             assert!(Config::load_with_env(None, env(&[bad])).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn binary_sections_have_defaults_and_are_validated() {
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(c.audio.budget_frames(), 10);
+        assert_eq!(c.bulk.max_compressed_bytes, 1 << 20);
+        assert_eq!(c.bulk.max_decompressed_bytes, 16 << 20);
+        assert_eq!(c.game.latest_per, "sender");
+        assert_eq!(c.uploads.path(Path::new("/d")), PathBuf::from("/d/uploads"));
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("SHARDCAST_GAME__WORLD_MAX_X", "500"),
+                ("SHARDCAST_GAME__LATEST_PER", "topic"),
+                ("SHARDCAST_AUDIO__BUDGET_MS", "100"),
+                ("SHARDCAST_UPLOADS__MAX_FILE_SIZE", "1000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.game.world_max_x, 500.0);
+        assert_eq!(c.game.latest_per, "topic");
+        assert_eq!(c.audio.budget_frames(), 5);
+        assert_eq!(c.uploads.max_file_size, 1000);
+        for bad in [
+            ("SHARDCAST_GAME__WORLD_MIN_X", "20000"),
+            ("SHARDCAST_GAME__LATEST_PER", "player"),
+            ("SHARDCAST_GAME__MAX_POSITIONS", "0"),
+            ("SHARDCAST_AUDIO__FRAME_MS", "0"),
+            ("SHARDCAST_AUDIO__BUDGET_MS", "10"),
+            ("SHARDCAST_BULK__MAX_DECOMPRESSED_BYTES", "0"),
+            ("SHARDCAST_BULK__LEVEL", "40"),
+            ("SHARDCAST_UPLOADS__CHUNK_SIZE", "1"),
+            ("SHARDCAST_UPLOADS__MAX_PENDING_CHUNKS", "0"),
+            ("SHARDCAST_UPLOADS__NO_SUCH_KEY", "1"),
+        ] {
+            assert!(Config::load_with_env(None, env(&[bad])).is_err(), "{bad:?}");
+        }
+        let mut c = Config::default();
+        c.game.object_types = vec!["a".into(), "a".into()];
+        assert!(c.validate().is_err(), "duplicate object types");
+        c.game.object_types = vec![String::new()];
+        assert!(c.validate().is_err(), "empty object type");
     }
 
     #[test]

@@ -1,14 +1,15 @@
 // `document:*` channels driven by phoenix.js through the shipped client
 // (clients/js/shardcast-ot.mjs): concurrent editors on two shards converge to the server's text
 // (one of them losing its connection midway), an acknowledged operation survives kill -9 and a
-// restart (and one in flight at the kill is applied at most once), and a missing document is
-// refused when documents are not created on join.
+// restart (and one in flight at the kill is applied at most once), an edit the server refuses
+// for good is rolled back to the server's text, and a missing document is refused when
+// documents are not created on join.
 import { after } from "node:test";
 import assert from "node:assert/strict";
 import { closeAll, connect, makeDataDir, removeDataDir, startServer, test } from "./helpers.mjs";
 import { DocumentSession, TextOperation } from "../../clients/js/shardcast-ot.mjs";
 
-const PORTS = { converge: 14120, kill: 14121, missing: 14122 };
+const PORTS = { converge: 14120, kill: 14121, missing: 14122, limits: 14123 };
 const FAST_RECONNECT = { reconnectAfterMs: () => 50, rejoinAfterMs: () => 50 };
 const servers = [];
 const dirs = [];
@@ -140,4 +141,27 @@ test("joining a missing document is refused when documents are not created on jo
   const socket = await connect(port);
   const session = new DocumentSession(socket, "nowhere");
   await assert.rejects(session.join(), (err) => err.reason === "Document not found");
+});
+
+test("an edit over the limits is refused and the session takes the server's text again", async () => {
+  const port = PORTS.limits;
+  await start(port, { env: { SHARDCAST_DOCUMENTS__MAX_CHARS: "10" } });
+  const errors = [];
+  const states = [];
+  const session = new DocumentSession(await connect(port), "small", {
+    onError: (reason) => errors.push(reason),
+    onState: (text, version, dropped) => states.push({ text, version, dropped }),
+  });
+  await session.join();
+  session.insert(0, "hello");
+  await session.whenSynchronized();
+  session.insert(5, " world, too long");
+  session.insert(0, ">"); // buffered behind the refused edit: dropped with it
+  await session.when((s) => states.length === 2 && s.synchronized, 10_000, "the fresh state");
+  assert.deepEqual(errors, ["document_too_large"]);
+  assert.deepEqual(states[1], { text: "hello", version: 1, dropped: true });
+  assert.equal(session.text, "hello");
+  session.insert(5, "!");
+  await session.whenSynchronized();
+  assert.equal(session.version, 2);
 });

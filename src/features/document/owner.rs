@@ -14,7 +14,7 @@
 
 use super::store::{LogEntry, StoreError, StoredDocument};
 use super::{doc_id, DocumentServices};
-use crate::channel::{ConnAddr, OwnerCtx, Payload, ReplyRef, ReplyStatus, Topic};
+use crate::channel::{ConnAddr, ConnId, OwnerCtx, Payload, ReplyRef, ReplyStatus, Topic};
 use crate::document::{
     Applied, Chars, Document, Logged, OpError, Operation, SubmitError, Unit, Utf16,
 };
@@ -135,6 +135,11 @@ struct Loaded {
 
 struct InFlight {
     logged: Arc<Logged>,
+    /// The connection its broadcast skips: the sender's, which gets the acknowledgement instead.
+    /// Cleared when that connection joins again before this is durable: the new join's state
+    /// stops short of this revision and its acknowledgement goes to the old join, so the
+    /// revision must reach it as a broadcast (its client recognizes its own `client_id`/`seq`).
+    exclude: Option<ConnId>,
     /// The text after this revision (a rope clone shares its nodes).
     text: Rope,
     user_id: Arc<str>,
@@ -345,7 +350,12 @@ pub fn operation(owner: &mut OwnerCtx<'_>, svc: &Arc<DocumentServices>, req: OpR
     }
 }
 
-fn answer_join(owner: &mut OwnerCtx<'_>, d: &Loaded, req: JoinRequest) {
+fn answer_join(owner: &mut OwnerCtx<'_>, d: &mut Loaded, req: JoinRequest) {
+    for entry in d.inflight.iter_mut() {
+        if entry.exclude == Some(req.addr.conn_id) {
+            entry.exclude = None;
+        }
+    }
     let msg = match req.since.and_then(|v| d.catch_up(v, req.offsets)) {
         Some(payload) => ToChannel::CatchUp(payload),
         None => ToChannel::State(d.state_payload()),
@@ -483,7 +493,7 @@ fn loaded(
     };
     for w in waiters {
         match w {
-            Waiter::Join(req) => answer_join(owner, &d, req),
+            Waiter::Join(req) => answer_join(owner, &mut d, req),
             Waiter::Op(req) => apply(owner, svc, &mut d, req),
         }
     }
@@ -579,6 +589,7 @@ fn apply(owner: &mut OwnerCtx<'_>, svc: &Arc<DocumentServices>, d: &mut Loaded, 
     d.trim_authors();
     d.inflight.push_back(InFlight {
         logged: applied.logged,
+        exclude: Some(ack.addr.conn_id),
         text: d.doc.text().clone(),
         user_id: req.user_id,
         ack,
@@ -629,11 +640,11 @@ fn durable(
         };
         d.durable_text = entry.text;
         d.durable_version = entry.logged.version();
-        owner.broadcast_from(
-            "operation",
-            &broadcast_payload(&entry.logged, &entry.user_id),
-            entry.ack.addr.conn_id,
-        );
+        let payload = broadcast_payload(&entry.logged, &entry.user_id);
+        match entry.exclude {
+            Some(sender) => owner.broadcast_from("operation", &payload, sender),
+            None => owner.broadcast("operation", &payload),
+        }
         let payload = ack_payload(d.durable_version, entry.ack.seq);
         reply(owner, &entry.ack, ReplyStatus::Ok, payload);
     }

@@ -129,7 +129,10 @@ mod tests {
         );
         assert_eq!(check_audio_data(&[0; 10], 10), Ok(()));
         assert_eq!(decode(&[5, 0, b'a']), Err(AudioError::Truncated));
-        assert_eq!(decode(&[1, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Err(AudioError::UserIdNotUtf8));
+        assert_eq!(
+            decode(&[1, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(AudioError::UserIdNotUtf8)
+        );
         let long = "x".repeat(70_000);
         let h = AudioStreamHeader {
             user_id: &long,

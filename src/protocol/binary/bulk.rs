@@ -338,7 +338,10 @@ pub fn encode_document<T: serde::Serialize>(updates: &[T]) -> Vec<u8> {
 }
 
 /// A `compressed_data` payload: `updates` as a document, compressed at `level`.
-pub fn encode_compressed<T: serde::Serialize>(updates: &[T], level: i32) -> Result<Vec<u8>, BulkError> {
+pub fn encode_compressed<T: serde::Serialize>(
+    updates: &[T],
+    level: i32,
+) -> Result<Vec<u8>, BulkError> {
     compress(&encode_document(updates), level)
 }
 
@@ -394,9 +397,23 @@ mod tests {
             parse_bulk_update(br#"{"type":"bulk_update","updates":[1,2,3]}"#, 2).unwrap_err(),
             BulkError::TooManyUpdates { max: 2 }
         );
-        assert_eq!(parse_bulk_update(br#"{"type":"bulk_update","updates":[1,2]}"#, 2).unwrap().updates.len(), 2);
-        for bad in [&br#"{"updates":[]}"#[..], br#"{"type":"bulk_update","updates":{}}"#, b"[]", b"\xff"] {
-            assert_eq!(parse_bulk_update(bad, 2).unwrap_err().code(), "invalid_document");
+        assert_eq!(
+            parse_bulk_update(br#"{"type":"bulk_update","updates":[1,2]}"#, 2)
+                .unwrap()
+                .updates
+                .len(),
+            2
+        );
+        for bad in [
+            &br#"{"updates":[]}"#[..],
+            br#"{"type":"bulk_update","updates":{}}"#,
+            b"[]",
+            b"\xff",
+        ] {
+            assert_eq!(
+                parse_bulk_update(bad, 2).unwrap_err().code(),
+                "invalid_document"
+            );
         }
     }
 
@@ -407,16 +424,34 @@ mod tests {
         assert_eq!(decompress_bounded(&frame, &limits(5000)).unwrap(), content);
         assert_eq!(
             decompress_bounded(&frame, &limits(4999)),
-            Err(BulkError::DeclaredTooLarge { declared: 5000, max: 4999 })
+            Err(BulkError::DeclaredTooLarge {
+                declared: 5000,
+                max: 4999
+            })
         );
-        let small = BulkLimits { max_compressed: frame.len() - 1, ..limits(1 << 20) };
-        assert!(matches!(decompress_bounded(&frame, &small), Err(BulkError::CompressedTooLarge { .. })));
-        assert_eq!(decompress_bounded(b"{}", &limits(10)), Err(BulkError::NotZstd));
+        let small = BulkLimits {
+            max_compressed: frame.len() - 1,
+            ..limits(1 << 20)
+        };
+        assert!(matches!(
+            decompress_bounded(&frame, &small),
+            Err(BulkError::CompressedTooLarge { .. })
+        ));
+        assert_eq!(
+            decompress_bounded(b"{}", &limits(10)),
+            Err(BulkError::NotZstd)
+        );
         // Skippable frames are not bulk updates.
-        assert_eq!(decompress_bounded(&[0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0], &limits(10)), Err(BulkError::NotZstd));
+        assert_eq!(
+            decompress_bounded(&[0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0], &limits(10)),
+            Err(BulkError::NotZstd)
+        );
         let mut trailing = frame.clone();
         trailing.push(0);
-        assert_eq!(decompress_bounded(&trailing, &limits(1 << 20)), Err(BulkError::TrailingData { extra: 1 }));
+        assert_eq!(
+            decompress_bounded(&trailing, &limits(1 << 20)),
+            Err(BulkError::TrailingData { extra: 1 })
+        );
         assert!(decompress_bounded(&frame[..frame.len() - 2], &limits(1 << 20)).is_err());
         assert!(decompress_bounded(&frame[..5], &limits(1 << 20)).is_err());
     }
@@ -428,7 +463,10 @@ mod tests {
         assert!(bomb.len() < 40_000);
         assert_eq!(
             decompress_bounded(&bomb, &limits(16 << 20)),
-            Err(BulkError::DeclaredTooLarge { declared: 1 << 30, max: 16 << 20 })
+            Err(BulkError::DeclaredTooLarge {
+                declared: 1 << 30,
+                max: 16 << 20
+            })
         );
         // The same without a declared size: decoding stops at the limit.
         let bomb = rle_bomb(8192, 128 * 1024, false);
@@ -438,7 +476,10 @@ mod tests {
         );
         // Exactly at the limit is fine, one block over is not.
         let fits = rle_bomb(8, 128 * 1024, false);
-        assert_eq!(decompress_bounded(&fits, &limits(1 << 20)).unwrap().len(), 1 << 20);
+        assert_eq!(
+            decompress_bounded(&fits, &limits(1 << 20)).unwrap().len(),
+            1 << 20
+        );
         assert_eq!(
             decompress_bounded(&rle_bomb(9, 128 * 1024, false), &limits(1 << 20)),
             Err(BulkError::DecompressedTooLarge { max: 1 << 20 })

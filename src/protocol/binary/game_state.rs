@@ -118,7 +118,10 @@ impl ObjectTypes {
         let mut list = Vec::new();
         for name in names {
             let name = name.as_ref();
-            if name.is_empty() || name.len() > usize::from(u16::MAX) || map.contains_key(name.as_bytes()) {
+            if name.is_empty()
+                || name.len() > usize::from(u16::MAX)
+                || map.contains_key(name.as_bytes())
+            {
                 continue;
             }
             let Ok(index) = u16::try_from(list.len()) else {
@@ -263,9 +266,13 @@ fn f32_at(bytes: &[u8], at: usize) -> Option<f32> {
 
 impl<'a> GameState<'a> {
     /// Validates `bytes` as one game state under `limits`, without copying or allocating.
-    pub fn parse(bytes: &'a [u8], limits: &GameStateLimits) -> Result<GameState<'a>, GameStateError> {
+    pub fn parse(
+        bytes: &'a [u8],
+        limits: &GameStateLimits,
+    ) -> Result<GameState<'a>, GameStateError> {
         use GameStateError::*;
-        let (Some(position_count), Some(object_count)) = (u32_at(bytes, 0), u32_at(bytes, 4)) else {
+        let (Some(position_count), Some(object_count)) = (u32_at(bytes, 0), u32_at(bytes, 4))
+        else {
             return Err(MissingHeader { len: bytes.len() });
         };
         if position_count > limits.max_positions {
@@ -613,12 +620,19 @@ mod tests {
             Err(UnknownObjectType { index: 0 })
         );
         assert_eq!(
-            parse(&encoded(&[], &[obj("bullet", 0.0, 0.0, &[]), obj("bulle", 0.0, 0.0, &[])])),
+            parse(&encoded(
+                &[],
+                &[obj("bullet", 0.0, 0.0, &[]), obj("bulle", 0.0, 0.0, &[])]
+            )),
             Err(UnknownObjectType { index: 1 })
         );
         assert_eq!(
             parse(&encoded(&[], &[obj("bullet", 0.0, 0.0, &[0; 17])])),
-            Err(ObjectDataTooLarge { index: 0, len: 17, max: 16 })
+            Err(ObjectDataTooLarge {
+                index: 0,
+                len: 17,
+                max: 16
+            })
         );
         assert_eq!(
             parse(&encoded(&[], &[obj("bullet", f32::NEG_INFINITY, 0.0, &[])])),
@@ -633,11 +647,18 @@ mod tests {
         b[HEADER_LEN + 4] = 200; // type_len
         assert_eq!(
             parse(&b),
-            Err(ObjectTypeOverrun { index: 0, type_len: 200, len: 16 })
+            Err(ObjectTypeOverrun {
+                index: 0,
+                type_len: 200,
+                len: 16
+            })
         );
         let mut b = encoded(&[], &[obj("bullet", 0.0, 0.0, &[])]);
         b[HEADER_LEN] = 9; // len below the fixed fields
-        assert!(matches!(parse(&b), Err(ObjectTooShort { index: 0, len: 9 })));
+        assert!(matches!(
+            parse(&b),
+            Err(ObjectTooShort { index: 0, len: 9 })
+        ));
         let mut b = encoded(&[], &[obj("bullet", 0.0, 0.0, &[])]);
         b[HEADER_LEN + 3] = 0xff; // len past the end
         assert_eq!(parse(&b), Err(ObjectTruncated { index: 0 }));

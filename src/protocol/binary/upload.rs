@@ -274,9 +274,15 @@ mod tests {
         expected.extend_from_slice(b"xyz");
         assert_eq!(msg, expected);
         let (h, data) = decode_chunk(&msg).unwrap();
-        assert_eq!((h.upload_id, h.chunk_index, h.total_chunks, data), (id, 2, 3, &b"xyz"[..]));
+        assert_eq!(
+            (h.upload_id, h.chunk_index, h.total_chunks, data),
+            (id, 2, 3, &b"xyz"[..])
+        );
 
-        assert_eq!(decode_chunk(&msg[..23]), Err(ChunkError::Truncated { len: 23 }));
+        assert_eq!(
+            decode_chunk(&msg[..23]),
+            Err(ChunkError::Truncated { len: 23 })
+        );
         assert_eq!(decode_chunk(&msg[..24]), Err(ChunkError::Empty));
         let mut bad = msg.clone();
         bad[20] = 0;
@@ -308,30 +314,60 @@ mod tests {
     fn start_requests() {
         let sha = "ab".repeat(32);
         let ok = parse_start(
-            format!(r#"{{"filename":"../../etc/passwd","size":5,"sha256":"{sha}","chunk_size":4}}"#)
-                .as_bytes(),
+            format!(
+                r#"{{"filename":"../../etc/passwd","size":5,"sha256":"{sha}","chunk_size":4}}"#
+            )
+            .as_bytes(),
         )
         .unwrap();
-        assert_eq!(ok.filename, "../../etc/passwd", "kept as metadata, never a path");
+        assert_eq!(
+            ok.filename, "../../etc/passwd",
+            "kept as metadata, never a path"
+        );
         assert_eq!(ok.sha256, [0xab; 32]);
         assert_eq!(ok.chunk_size, Some(4));
         assert_eq!(ok.upload_id, None);
         let resume = parse_start(
-            format!(r#"{{"filename":"a","size":5,"sha256":"{sha}","upload_id":"{}"}}"#, "0f".repeat(16))
-                .as_bytes(),
+            format!(
+                r#"{{"filename":"a","size":5,"sha256":"{sha}","upload_id":"{}"}}"#,
+                "0f".repeat(16)
+            )
+            .as_bytes(),
         )
         .unwrap();
         assert_eq!(resume.upload_id, Some(UploadId([0x0f; 16])));
         for (json, code) in [
             (r#"[]"#.to_string(), "invalid_payload"),
-            (format!(r#"{{"filename":"","size":5,"sha256":"{sha}"}}"#), "invalid_filename"),
-            (format!(r#"{{"filename":"a\nb","size":5,"sha256":"{sha}"}}"#), "invalid_filename"),
-            (format!(r#"{{"filename":"a","size":0,"sha256":"{sha}"}}"#), "invalid_size"),
-            (format!(r#"{{"filename":"a","size":-1,"sha256":"{sha}"}}"#), "invalid_payload"),
-            (r#"{"filename":"a","size":1,"sha256":"xyz"}"#.to_string(), "invalid_sha256"),
-            (format!(r#"{{"filename":"a","size":1,"sha256":"{sha}","upload_id":"12"}}"#), "invalid_upload_id"),
+            (
+                format!(r#"{{"filename":"","size":5,"sha256":"{sha}"}}"#),
+                "invalid_filename",
+            ),
+            (
+                format!(r#"{{"filename":"a\nb","size":5,"sha256":"{sha}"}}"#),
+                "invalid_filename",
+            ),
+            (
+                format!(r#"{{"filename":"a","size":0,"sha256":"{sha}"}}"#),
+                "invalid_size",
+            ),
+            (
+                format!(r#"{{"filename":"a","size":-1,"sha256":"{sha}"}}"#),
+                "invalid_payload",
+            ),
+            (
+                r#"{"filename":"a","size":1,"sha256":"xyz"}"#.to_string(),
+                "invalid_sha256",
+            ),
+            (
+                format!(r#"{{"filename":"a","size":1,"sha256":"{sha}","upload_id":"12"}}"#),
+                "invalid_upload_id",
+            ),
         ] {
-            assert_eq!(parse_start(json.as_bytes()).unwrap_err().code(), code, "{json}");
+            assert_eq!(
+                parse_start(json.as_bytes()).unwrap_err().code(),
+                code,
+                "{json}"
+            );
         }
     }
 

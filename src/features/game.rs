@@ -1,0 +1,351 @@
+//! The `game:<id>` channel: real-time game state, voice and bulk updates over binary payloads,
+//! written with the public channel API only. Layouts in [`crate::protocol::binary`] and
+//! `docs/PROTOCOL.md`.
+//!
+//! Client → server (all binary except where noted):
+//! - `game_state`: validated completely ([`GameState::parse`]), then by the studio's
+//!   [`GameHook::validate_game_state`]; a valid state goes to the other members as
+//!   `game_update` — the same bytes, encoded into one frame for all subscribers — under the
+//!   latest-value policy ([`Delivery::Latest`]: a subscriber that is behind has at most one
+//!   `game_update` per topic and sender queued — or per topic, with `[game] latest_per =
+//!   "topic"` — the newest). Reply ok `{}`, or error
+//!   `{reason, message}` (`malformed`, `over_limit`, `not_finite`, `out_of_bounds`,
+//!   `unknown_object_type`, `rejected`); the connection lives on.
+//! - `audio_data`: one audio frame, relayed as `audio_stream` (see [`super::voice`]).
+//! - `compressed_data`: one zstd frame holding `{"type": "bulk_update", "updates": [...]}`,
+//!   decompressed within limits and validated, then given to [`GameHook::bulk_update`]
+//!   (default: the same compressed bytes go to the other members as `bulk_update`). Failures get
+//!   a push `error` `{reason, message}` and an error reply.
+//!
+//! Hooks run on the connection's shard inside the callback: they must not block.
+
+use super::voice::{AudioRelay, AudioSettings};
+use crate::channel::{Channel, ChannelCtx, ConnId, Delivery, HandleIn, Payload, ReplyStatus};
+use crate::ops::config::Config;
+use crate::protocol::binary::bulk::{self, BulkLimits, BulkUpdate};
+use crate::protocol::binary::game_state::{GameState, GameStateLimits, ObjectTypes, WorldBounds};
+use bytes::Bytes;
+use serde_json::json;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// Topic prefix this channel is routed at.
+pub const PREFIX: &str = "game:";
+
+/// Event names.
+pub mod event {
+    pub const GAME_STATE: &str = "game_state";
+    pub const GAME_UPDATE: &str = "game_update";
+    pub const AUDIO_DATA: &str = "audio_data";
+    pub const AUDIO_STREAM: &str = "audio_stream";
+    pub const COMPRESSED_DATA: &str = "compressed_data";
+    pub const BULK_UPDATE: &str = "bulk_update";
+    pub const ERROR: &str = "error";
+}
+
+/// What every `game:` channel shares: limits and policies from `[game]`, `[audio]`, `[bulk]`.
+#[derive(Debug, Clone)]
+pub struct GameSettings {
+    pub limits: GameStateLimits,
+    /// Latest-value key per topic and publishing connection (`[game] latest_per = "sender"`,
+    /// the default) rather than per topic.
+    pub latest_per_sender: bool,
+    pub audio: AudioSettings,
+    pub bulk: BulkLimits,
+    /// zstd level for documents the server compresses (a hook that replaced the updates).
+    pub bulk_level: i32,
+}
+
+impl GameSettings {
+    pub fn from_config(config: &Config) -> GameSettings {
+        let g = &config.game;
+        GameSettings {
+            limits: GameStateLimits {
+                bounds: WorldBounds {
+                    min_x: g.world_min_x,
+                    max_x: g.world_max_x,
+                    min_y: g.world_min_y,
+                    max_y: g.world_max_y,
+                },
+                max_positions: g.max_positions,
+                max_objects: g.max_objects,
+                max_object_data: g.max_object_data,
+                object_types: ObjectTypes::new(&g.object_types),
+            },
+            latest_per_sender: g.latest_per == "sender",
+            audio: AudioSettings::from_config(&config.audio),
+            bulk: BulkLimits {
+                max_compressed: config.bulk.max_compressed_bytes,
+                max_decompressed: config.bulk.max_decompressed_bytes,
+                max_updates: config.bulk.max_updates,
+            },
+            bulk_level: config.bulk.level,
+        }
+    }
+}
+
+impl Default for GameSettings {
+    fn default() -> Self {
+        GameSettings::from_config(&Config::default())
+    }
+}
+
+/// Who sent what a hook is looking at.
+#[derive(Debug, Clone, Copy)]
+pub struct HookContext<'a> {
+    pub topic: &'a str,
+    /// The socket's `user_id` assign (or `conn-<id>` without one).
+    pub user_id: &'a str,
+    pub conn_id: ConnId,
+}
+
+/// A hook's decision on a `game_state` that passed the built-in checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateVerdict {
+    /// Relay the client's bytes as they are (no copy).
+    Accept,
+    /// Relay these bytes instead (they are validated again, like client input).
+    Replace(Bytes),
+    /// Refuse: error reply `{reason: "rejected", message}`.
+    Reject(Cow<'static, str>),
+}
+
+/// A hook's decision on a valid bulk update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BulkVerdict {
+    /// Send the client's compressed frame to the other members as `bulk_update`.
+    Broadcast,
+    /// Send these updates instead (compressed once by the server, for all members).
+    Replace(Vec<serde_json::Value>),
+    /// The hook took care of it; nothing is sent.
+    Handled,
+    /// Refuse: push `error` and error reply `{reason: "rejected", message}`.
+    Reject(Cow<'static, str>),
+}
+
+/// A game studio's own rules, run after the built-in validation on the connection's shard.
+/// Both methods default to passing everything through.
+pub trait GameHook: Send + Sync + 'static {
+    /// Validates or transforms a game state.
+    fn validate_game_state(&self, _ctx: &HookContext<'_>, _state: &GameState<'_>) -> StateVerdict {
+        StateVerdict::Accept
+    }
+
+    /// Handles a decompressed, validated bulk update.
+    fn bulk_update(&self, _ctx: &HookContext<'_>, _update: &BulkUpdate<'_>) -> BulkVerdict {
+        BulkVerdict::Broadcast
+    }
+}
+
+/// Passes everything through.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DefaultHook;
+
+impl GameHook for DefaultHook {}
+
+/// FNV-1a over `parts`, the delivery-policy keys of topics and senders.
+pub(crate) fn policy_key(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.iter() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// An error reply `{reason, message}`.
+pub(crate) fn error_reply(reason: &str, message: impl std::fmt::Display) -> HandleIn {
+    HandleIn::error(Payload::json(
+        &json!({ "reason": reason, "message": message.to_string() }),
+    ))
+}
+
+/// One joined `game:` topic.
+pub struct GameChannel {
+    settings: Arc<GameSettings>,
+    hook: Arc<dyn GameHook>,
+    joined: Option<Joined>,
+}
+
+struct Joined {
+    user_id: String,
+    latest_key: u64,
+    audio: AudioRelay,
+}
+
+impl GameChannel {
+    pub fn new(settings: Arc<GameSettings>) -> GameChannel {
+        GameChannel {
+            settings,
+            hook: Arc::new(DefaultHook),
+            joined: None,
+        }
+    }
+
+    /// Runs `hook` on this channel's game states and bulk updates.
+    pub fn with_hook(mut self, hook: Arc<dyn GameHook>) -> GameChannel {
+        self.hook = hook;
+        self
+    }
+
+    fn game_state(&mut self, ctx: &mut ChannelCtx<'_>, payload: &Payload) -> HandleIn {
+        let Some(j) = &self.joined else {
+            return error_reply("not_joined", "join first");
+        };
+        let Payload::Binary(bytes) = payload else {
+            return error_reply("malformed", "game_state is a binary payload");
+        };
+        let state = match GameState::parse(bytes, &self.settings.limits) {
+            Ok(state) => state,
+            Err(e) => return error_reply(e.code(), e),
+        };
+        let hook_ctx = HookContext {
+            topic: ctx.topic(),
+            user_id: &j.user_id,
+            conn_id: ctx.conn_id(),
+        };
+        let relayed = match self.hook.validate_game_state(&hook_ctx, &state) {
+            StateVerdict::Accept => payload.clone(),
+            StateVerdict::Replace(bytes) => {
+                if let Err(e) = GameState::parse(&bytes, &self.settings.limits) {
+                    tracing::error!(topic = %ctx.topic(), error = %e, "game hook produced an invalid state");
+                    return error_reply("internal_error", "the state could not be processed");
+                }
+                Payload::Binary(bytes)
+            }
+            StateVerdict::Reject(why) => return error_reply("rejected", why),
+        };
+        ctx.broadcast_from_with(event::GAME_UPDATE, &relayed, Delivery::Latest(j.latest_key));
+        HandleIn::ok(Payload::empty())
+    }
+
+    fn compressed_data(&mut self, ctx: &mut ChannelCtx<'_>, payload: &Payload) -> HandleIn {
+        let Some(j) = &self.joined else {
+            return error_reply("not_joined", "join first");
+        };
+        let Payload::Binary(frame) = payload else {
+            return bulk_error(
+                ctx,
+                "invalid_compression",
+                "compressed_data is a binary payload",
+            );
+        };
+        let doc = match bulk::decompress_bounded(frame, &self.settings.bulk) {
+            Ok(doc) => doc,
+            Err(e) => return bulk_error(ctx, e.code(), e),
+        };
+        let update = match bulk::parse_bulk_update(&doc, self.settings.bulk.max_updates) {
+            Ok(update) => update,
+            Err(e) => return bulk_error(ctx, e.code(), e),
+        };
+        let hook_ctx = HookContext {
+            topic: ctx.topic(),
+            user_id: &j.user_id,
+            conn_id: ctx.conn_id(),
+        };
+        match self.hook.bulk_update(&hook_ctx, &update) {
+            BulkVerdict::Broadcast => ctx.broadcast_from(event::BULK_UPDATE, payload),
+            BulkVerdict::Replace(updates) => {
+                match bulk::encode_compressed(&updates, self.settings.bulk_level) {
+                    Ok(frame) => {
+                        ctx.broadcast_from(event::BULK_UPDATE, &Payload::Binary(frame.into()))
+                    }
+                    Err(e) => {
+                        tracing::error!(topic = %ctx.topic(), error = %e, "bulk update not compressed");
+                        return bulk_error(ctx, e.code(), e);
+                    }
+                }
+            }
+            BulkVerdict::Handled => {}
+            BulkVerdict::Reject(why) => return bulk_error(ctx, "rejected", why),
+        }
+        HandleIn::ok(Payload::empty())
+    }
+}
+
+/// A refused `compressed_data`: push `error` `{reason, message}`, then the error reply.
+fn bulk_error(ctx: &mut ChannelCtx<'_>, reason: &str, message: impl std::fmt::Display) -> HandleIn {
+    let payload = Payload::json(&json!({ "reason": reason, "message": message.to_string() }));
+    if let Err(e) = ctx.push(event::ERROR, &payload) {
+        tracing::warn!(error = %e, "error push not encoded");
+    }
+    HandleIn::Reply(ReplyStatus::Error, payload)
+}
+
+/// The socket's `user_id` assign, or `conn-<id>` for sockets without one.
+pub(crate) fn sender_id(ctx: &ChannelCtx<'_>) -> Result<String, Payload> {
+    match ctx.assigns().get("user_id").and_then(|v| v.as_str()) {
+        Some(id) if id.len() <= 1024 => Ok(id.to_string()),
+        Some(_) => Err(super::reason("invalid_user")),
+        None => Ok(format!("conn-{}", ctx.conn_id())),
+    }
+}
+
+/// The topic's id part, 1 to 128 bytes.
+pub(crate) fn check_topic(ctx: &ChannelCtx<'_>, prefix: &str) -> Result<(), Payload> {
+    super::topic_id(ctx.topic(), prefix)
+        .map(|_| ())
+        .ok_or_else(|| super::reason("invalid_topic"))
+}
+
+impl Channel for GameChannel {
+    fn join(&mut self, ctx: &mut ChannelCtx<'_>, _payload: Payload) -> Result<Payload, Payload> {
+        check_topic(ctx, PREFIX)?;
+        let user_id = sender_id(ctx)?;
+        let conn = ctx.conn_id().to_le_bytes();
+        let latest_key = if self.settings.latest_per_sender {
+            policy_key(&[b"game_update", ctx.topic().as_bytes(), &conn])
+        } else {
+            policy_key(&[b"game_update", ctx.topic().as_bytes()])
+        };
+        self.joined = Some(Joined {
+            audio: AudioRelay::new(ctx, &user_id),
+            user_id,
+            latest_key,
+        });
+        Ok(Payload::empty())
+    }
+
+    fn handle_in(&mut self, ctx: &mut ChannelCtx<'_>, event: &str, payload: Payload) -> HandleIn {
+        match event {
+            event::GAME_STATE => self.game_state(ctx, &payload),
+            event::AUDIO_DATA => match self.joined.as_mut() {
+                Some(j) => j.audio.relay(ctx, &self.settings.audio, &payload),
+                None => error_reply("not_joined", "join first"),
+            },
+            event::COMPRESSED_DATA => self.compressed_data(ctx, &payload),
+            _ => super::voice::unknown_event(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_keys_separate_parts() {
+        assert_ne!(policy_key(&[b"ab", b"c"]), policy_key(&[b"a", b"bc"]));
+        assert_eq!(policy_key(&[b"game:1"]), policy_key(&[b"game:1"]));
+        assert_ne!(policy_key(&[b"game:1"]), policy_key(&[b"game:2"]));
+    }
+
+    #[test]
+    fn settings_follow_the_config() {
+        let mut config = Config::default();
+        config.game.object_types = vec!["tank".into()];
+        config.game.latest_per = "topic".into();
+        config.audio.budget_ms = 100;
+        let s = GameSettings::from_config(&config);
+        assert!(s.limits.object_types.contains(b"tank"));
+        assert!(!s.limits.object_types.contains(b"projectile"));
+        assert!(!s.latest_per_sender);
+        assert!(GameSettings::default().latest_per_sender);
+        assert_eq!(s.audio.budget_frames, 5);
+        assert_eq!(s.bulk.max_decompressed, 16 << 20);
+    }
+}
