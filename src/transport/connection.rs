@@ -421,20 +421,28 @@ impl Conn {
     /// Handles one decoded WebSocket event. Returns false when the session is over.
     async fn on_event(&mut self, event: WsEvent) -> bool {
         let shard = self.shard.clone();
+        let event_is_text = matches!(event, WsEvent::Text(_));
         match event {
             // Raw echo endpoint: the same message back with the same opcode.
             WsEvent::Text(data) if self.socket.is_none() => self.echo(FrameKind::Text, &data),
             WsEvent::Binary(data) if self.socket.is_none() => self.echo(FrameKind::Binary, &data),
-            WsEvent::Text(data) => {
+            WsEvent::Text(data) | WsEvent::Binary(data) => {
                 ShardMetrics::inc(&shard.metrics().messages_in);
                 let socket = self.socket.as_mut().expect("phoenix session");
-                match decode_text(socket.conn().serializer, &data) {
+                let serializer = socket.conn().serializer;
+                let decoded = if event_is_text {
+                    decode_text(serializer, &data)
+                } else {
+                    decode_binary(serializer, &data)
+                };
+                match decoded {
                     Ok(msg) => {
+                        let out = &mut self.effects;
                         shard.with_arena(|arena| {
                             socket.handle(
                                 msg,
                                 &mut Outbox {
-                                    effects: &mut self.effects,
+                                    effects: out,
                                     arena,
                                 },
                             )
@@ -444,30 +452,6 @@ impl Conn {
                     Err(e) => {
                         // Phoenix closes the socket with 1011 on a frame it cannot decode.
                         tracing::debug!(conn = self.conn_id, error = %e, "undecodable message");
-                        ShardMetrics::inc(&shard.metrics().protocol_errors);
-                        self.close(close_code::INTERNAL_ERROR, "invalid message");
-                        return false;
-                    }
-                }
-            }
-            WsEvent::Binary(data) => {
-                ShardMetrics::inc(&shard.metrics().messages_in);
-                let socket = self.socket.as_mut().expect("phoenix session");
-                match decode_binary(socket.conn().serializer, &data) {
-                    Ok(msg) => {
-                        shard.with_arena(|arena| {
-                            socket.handle(
-                                msg,
-                                &mut Outbox {
-                                    effects: &mut self.effects,
-                                    arena,
-                                },
-                            )
-                        });
-                        self.run_effects().await;
-                    }
-                    Err(e) => {
-                        tracing::debug!(conn = self.conn_id, error = %e, "undecodable binary message");
                         ShardMetrics::inc(&shard.metrics().protocol_errors);
                         self.close(close_code::INTERNAL_ERROR, "invalid message");
                         return false;
