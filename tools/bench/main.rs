@@ -677,6 +677,15 @@ fn broadcast_timestamp(opcode: u8, p: &[u8]) -> Option<u64> {
     }
 }
 
+/// Setup failures end the run with a clear message (a refused upgrade usually means the server
+/// wants a token: `--token` or `--mint`).
+fn fail_setup(e: &std::io::Error) -> ! {
+    eprintln!(
+        "shardcast-bench: cannot set up a connection: {e} (token required? use --token or --mint)"
+    );
+    std::process::exit(2);
+}
+
 /// Finds the highest rate whose p99 stays under the bound with nothing lost.
 fn search(args: &Args, server: SocketAddr) -> anyhow::Result<Vec<RunResult>> {
     let bound_us = (args.p99_bound_ms * 1000.0) as u64;
@@ -742,12 +751,14 @@ fn run_echo(args: &Args, server: SocketAddr) -> anyhow::Result<RunResult> {
             async move {
                 let mut clients = vec![];
                 for i in (0..conns).filter(|i| i % args.threads == t) {
-                    let mut c = connect(server, source_ip(&args, i), &conn_path(&path, i))
-                        .await
-                        .expect("connect");
-                    c.join(&format!("{}bench-echo", args.topic_prefix))
-                        .await
-                        .expect("join");
+                    let mut c =
+                        match connect(server, source_ip(&args, i), &conn_path(&path, i)).await {
+                            Ok(c) => c,
+                            Err(e) => fail_setup(&e),
+                        };
+                    if let Err(e) = c.join(&format!("{}bench-echo", args.topic_prefix)).await {
+                        fail_setup(&e);
+                    }
                     clients.push(c);
                 }
                 barrier.wait();
