@@ -9,7 +9,6 @@ use super::{
 };
 use crate::protocol::phoenix::{encode, event, ByteString, Inbound, Outgoing};
 use std::any::Any;
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -26,10 +25,54 @@ pub struct Info {
     pub msg: Box<dyn Any>,
 }
 
+/// The channels joined on one socket. A socket joins a handful of topics, so a small vector
+/// (linear search, no hashing, ~80 bytes per entry) beats a hash map in time and in memory held by
+/// idle connections.
+#[derive(Default)]
+struct JoinedTopics(Vec<(Topic, Joined)>);
+
+impl JoinedTopics {
+    fn position(&self, topic: &str) -> Option<usize> {
+        self.0.iter().position(|(t, _)| t == topic)
+    }
+
+    fn contains_key(&self, topic: &str) -> bool {
+        self.position(topic).is_some()
+    }
+
+    fn remove_entry(&mut self, topic: &str) -> Option<(Topic, Joined)> {
+        self.position(topic).map(|i| self.0.swap_remove(i))
+    }
+
+    fn remove(&mut self, topic: &str) -> Option<Joined> {
+        self.remove_entry(topic).map(|(_, j)| j)
+    }
+
+    fn insert(&mut self, topic: Topic, joined: Joined) {
+        match self.position(&topic) {
+            Some(i) => self.0[i].1 = joined,
+            None => self.0.push((topic, joined)),
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Topic> {
+        self.0.iter().map(|(t, _)| t)
+    }
+}
+
+impl IntoIterator for JoinedTopics {
+    type Item = (Topic, Joined);
+    type IntoIter = std::vec::IntoIter<(Topic, Joined)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 pub struct PhoenixSocket {
     conn: ConnState,
     router: Arc<Router>,
-    joined: HashMap<Topic, Joined>,
+    joined: JoinedTopics,
 }
 
 impl PhoenixSocket {
@@ -37,7 +80,7 @@ impl PhoenixSocket {
         PhoenixSocket {
             conn,
             router,
-            joined: HashMap::new(),
+            joined: JoinedTopics::default(),
         }
     }
 
@@ -62,7 +105,7 @@ impl PhoenixSocket {
             );
         } else if event == event::JOIN {
             self.join(msg, out);
-        } else if !self.joined.contains_key(&*msg.topic) {
+        } else if !self.joined.contains_key(&msg.topic) {
             self.unmatched(&msg, out);
         } else if event == event::LEAVE {
             self.leave(msg, out);
@@ -154,7 +197,7 @@ impl PhoenixSocket {
     fn leave(&mut self, msg: Inbound, out: &mut Outbox<'_>) {
         let (topic, mut joined) = self
             .joined
-            .remove_entry(&*msg.topic)
+            .remove_entry(&msg.topic)
             .expect("caller checked the topic is joined");
         // Unsubscribed first: what `terminate` broadcasts (a presence leave) is for the others.
         out.effects.push(Effect::Unsubscribe(topic.clone()));
@@ -178,7 +221,7 @@ impl PhoenixSocket {
     fn handle_in(&mut self, msg: Inbound, out: &mut Outbox<'_>) {
         let (topic, mut joined) = self
             .joined
-            .remove_entry(&*msg.topic)
+            .remove_entry(&msg.topic)
             .expect("caller checked the topic is joined");
         let event = msg.event.clone();
         let payload = msg.payload.clone();

@@ -4,7 +4,7 @@
 use super::mesh::MeshSenders;
 use super::pubsub::Topics;
 use crate::channel::socket::Info;
-use crate::channel::{App, ConnId};
+use crate::channel::{App, ConnId, Effect};
 use crate::ops::config::Config;
 use crate::ops::metrics::{Metrics, ShardMetrics};
 use crate::shard::mesh::ConnMessage;
@@ -36,6 +36,8 @@ pub struct Shard {
     next_conn: Cell<u64>,
     draining: Cell<bool>,
     states: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
+    /// Effect buffers lent to connections while they run a callback.
+    effects_pool: RefCell<Vec<Vec<Effect>>>,
     drained_waker: RefCell<Option<std::task::Waker>>,
 }
 
@@ -61,6 +63,7 @@ impl Shard {
             next_conn: Cell::new(0),
             draining: Cell::new(false),
             states: RefCell::new(HashMap::new()),
+            effects_pool: RefCell::new(Vec::new()),
             drained_waker: RefCell::new(None),
         }
     }
@@ -98,6 +101,23 @@ impl Shard {
 
     pub fn with_scratch<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
         f(&mut self.scratch.borrow_mut())
+    }
+
+    /// An empty effect buffer for one callback (reused, so callbacks do not allocate one).
+    pub fn pooled_effects(&self) -> Vec<Effect> {
+        self.effects_pool
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(8))
+    }
+
+    /// Returns an effect buffer to the pool (bounded; oversized buffers are dropped).
+    pub fn recycle_effects(&self, mut effects: Vec<Effect>) {
+        effects.clear();
+        let mut pool = self.effects_pool.borrow_mut();
+        if effects.capacity() <= 64 && pool.len() < 256 {
+            pool.push(effects);
+        }
     }
 
     /// This shard's instance of `T`, created on first use.

@@ -328,6 +328,7 @@ async fn run_session(
     }
 
     // Channels terminate (their broadcasts, e.g. "user left", still go out) and unsubscribe.
+    conn.lend_effects();
     if let Some(socket) = conn.socket.as_mut() {
         shard.with_arena(|arena| {
             socket.terminate_all(&mut Outbox {
@@ -437,6 +438,8 @@ impl Conn {
                 };
                 match decoded {
                     Ok(msg) => {
+                        self.lend_effects();
+                        let socket = self.socket.as_mut().expect("phoenix session");
                         let out = &mut self.effects;
                         shard.with_arena(|arena| {
                             socket.handle(
@@ -481,9 +484,11 @@ impl Conn {
                     self.shared.outbound.push_with(frame, delivery);
                 }
                 Mail::Info(info) => {
-                    let Some(socket) = self.socket.as_mut() else {
+                    if self.socket.is_none() {
                         continue;
-                    };
+                    }
+                    self.lend_effects();
+                    let socket = self.socket.as_mut().expect("checked");
                     self.shard.with_arena(|arena| {
                         socket.handle_info(
                             info,
@@ -594,7 +599,14 @@ impl Conn {
                 }
             }
         }
-        // Keep the allocation for the next callback.
-        self.effects = effects;
+        // Back to the shard's pool: an idle connection holds no effect buffer.
+        self.shard.recycle_effects(effects);
+    }
+
+    /// Borrows an effect buffer from the shard's pool for the next callback.
+    fn lend_effects(&mut self) {
+        if self.effects.capacity() == 0 {
+            self.effects = self.shard.pooled_effects();
+        }
     }
 }
