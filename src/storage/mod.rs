@@ -11,6 +11,7 @@
 //! burst sheds load at the edge instead of growing queues without bound.
 
 mod schema;
+pub mod worker;
 
 use crate::ops::config::StorageConfig;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -266,7 +267,7 @@ impl StorageThread {
         let max_batch = config.max_batch;
         let join = std::thread::Builder::new()
             .name("storage".into())
-            .spawn(move || run(conn, rx, max_batch))
+            .spawn(move || worker::serve("storage", conn, rx, max_batch, ()))
             .map_err(StorageError::Spawn)?;
         tracing::info!(path = %path.display(), "storage started");
         Ok(StorageThread {
@@ -305,7 +306,7 @@ impl Drop for StorageThread {
 }
 
 /// An answer held until the batch's commit.
-type Deferred = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
+use worker::Deferred;
 
 fn defer<T: Send + 'static>(reply: Reply<T>, result: Result<T, rusqlite::Error>) -> Deferred {
     Box::new(move |commit_error| {
@@ -318,72 +319,29 @@ fn defer<T: Send + 'static>(reply: Reply<T>, result: Result<T, rusqlite::Error>)
     })
 }
 
-fn run(mut conn: Connection, rx: flume::Receiver<Request>, max_batch: usize) {
-    let mut batch = Vec::with_capacity(max_batch);
-    let mut stopping = false;
-    while !stopping {
-        match rx.recv() {
-            Ok(first) => batch.push(first),
-            Err(_) => break,
-        }
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        stopping = run_batch(&mut conn, &mut batch);
-    }
-    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
-        tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
-    }
-    tracing::debug!("storage stopped");
-}
+impl worker::Job for Request {
+    type Ctx = ();
 
-/// Runs `batch` in one transaction; returns true when it held a shutdown request.
-fn run_batch(conn: &mut Connection, batch: &mut Vec<Request>) -> bool {
-    let mut stopping = false;
-    let mut answers: Vec<Deferred> = Vec::with_capacity(batch.len());
-    let tx = match conn.transaction() {
-        Ok(tx) => tx,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot begin a storage transaction");
-            for req in batch.drain(..) {
-                stopping |= fail(req, &e);
-            }
-            return stopping;
-        }
-    };
-    let mut tx = tx;
-    for req in batch.drain(..) {
-        match req {
-            Request::Shutdown => stopping = true,
-            req => answers.push(execute(&mut tx, req)),
-        }
+    fn is_shutdown(&self) -> bool {
+        matches!(self, Request::Shutdown)
     }
-    let commit = tx.commit();
-    if let Err(e) = &commit {
-        tracing::error!(error = %e, "storage commit failed");
-    }
-    let commit_error = commit.err();
-    for answer in answers {
-        answer(commit_error.as_ref());
-    }
-    stopping
-}
 
-fn fail(req: Request, e: &rusqlite::Error) -> bool {
-    let err = || StorageError::Commit(e.to_string());
-    match req {
-        Request::OpenRoom { reply, .. } => drop(reply.send(Err(err()))),
-        Request::InsertMessage { reply, .. } => drop(reply.send(Err(err()))),
-        Request::TouchSession { reply, .. } | Request::EndSession { reply, .. } => {
-            drop(reply.send(Err(err())))
-        }
-        Request::GetSession { reply, .. } => drop(reply.send(Err(err()))),
-        Request::Shutdown => return true,
+    fn execute(self, tx: &mut Transaction<'_>, _: &()) -> Deferred {
+        execute(tx, self)
     }
-    false
+
+    fn fail(self, e: &rusqlite::Error) {
+        let err = || StorageError::Commit(e.to_string());
+        match self {
+            Request::OpenRoom { reply, .. } => drop(reply.send(Err(err()))),
+            Request::InsertMessage { reply, .. } => drop(reply.send(Err(err()))),
+            Request::TouchSession { reply, .. } | Request::EndSession { reply, .. } => {
+                drop(reply.send(Err(err())))
+            }
+            Request::GetSession { reply, .. } => drop(reply.send(Err(err()))),
+            Request::Shutdown => {}
+        }
+    }
 }
 
 /// Runs one request in a savepoint (rolled back alone if it fails).

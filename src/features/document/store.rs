@@ -21,6 +21,7 @@
 
 use crate::document::{Chars, Operation, Revision};
 use crate::ops::config::DocumentsConfig;
+use crate::storage::worker::{self, Deferred};
 use ropey::Rope;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::HashSet;
@@ -278,7 +279,7 @@ impl DocumentStoreThread {
         };
         let join = std::thread::Builder::new()
             .name("documents".into())
-            .spawn(move || run(conn, rx, settings))
+            .spawn(move || worker::serve("documents", conn, rx, settings.max_batch, settings))
             .map_err(StoreError::Spawn)?;
         tracing::info!(path = %path.display(), "document store started");
         Ok(DocumentStoreThread {
@@ -378,31 +379,6 @@ struct Settings {
     history: u64,
 }
 
-fn run(mut conn: Connection, rx: flume::Receiver<Request>, settings: Settings) {
-    let mut batch = Vec::with_capacity(settings.max_batch.min(1024));
-    let mut stopping = false;
-    while !stopping {
-        match rx.recv() {
-            Ok(first) => batch.push(first),
-            Err(_) => break,
-        }
-        while batch.len() < settings.max_batch {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        stopping = run_batch(&mut conn, &mut batch, settings);
-    }
-    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
-        tracing::warn!(error = %e, "documents WAL checkpoint at shutdown failed");
-    }
-    tracing::debug!("document store stopped");
-}
-
-/// An answer held until the batch's commit.
-type Deferred = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
-
 fn defer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Deferred {
     Box::new(move |commit_error| {
         let answer = match (commit_error, result) {
@@ -414,43 +390,28 @@ fn defer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> D
     })
 }
 
-/// Runs `batch` in one transaction; returns true when it held a shutdown request.
-fn run_batch(conn: &mut Connection, batch: &mut Vec<Request>, settings: Settings) -> bool {
-    let mut stopping = false;
-    let mut tx = match conn.transaction() {
-        Ok(tx) => tx,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot begin a documents transaction");
-            for req in batch.drain(..) {
-                let err = || StoreError::Commit(e.to_string());
-                match req {
-                    Request::Load { reply, .. } => drop(reply.send(Err(err()))),
-                    Request::Append { reply, .. } | Request::Snapshot { reply, .. } => {
-                        drop(reply.send(Err(err())))
-                    }
-                    Request::Ids { reply } => drop(reply.send(Err(err()))),
-                    Request::Shutdown => stopping = true,
-                }
+impl worker::Job for Request {
+    type Ctx = Settings;
+
+    fn is_shutdown(&self) -> bool {
+        matches!(self, Request::Shutdown)
+    }
+
+    fn execute(self, tx: &mut Transaction<'_>, settings: &Settings) -> Deferred {
+        execute(tx, self, *settings)
+    }
+
+    fn fail(self, e: &rusqlite::Error) {
+        let err = || StoreError::Commit(e.to_string());
+        match self {
+            Request::Load { reply, .. } => drop(reply.send(Err(err()))),
+            Request::Append { reply, .. } | Request::Snapshot { reply, .. } => {
+                drop(reply.send(Err(err())))
             }
-            return stopping;
-        }
-    };
-    let mut answers: Vec<Deferred> = Vec::with_capacity(batch.len());
-    for req in batch.drain(..) {
-        match req {
-            Request::Shutdown => stopping = true,
-            req => answers.push(execute(&mut tx, req, settings)),
+            Request::Ids { reply } => drop(reply.send(Err(err()))),
+            Request::Shutdown => {}
         }
     }
-    let commit = tx.commit();
-    if let Err(e) = &commit {
-        tracing::error!(error = %e, "documents commit failed");
-    }
-    let commit_error = commit.err();
-    for answer in answers {
-        answer(commit_error.as_ref());
-    }
-    stopping
 }
 
 /// Runs `f` in a savepoint, rolled back alone if it fails.
