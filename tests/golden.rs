@@ -1,4 +1,4 @@
-//! Replays the frames captured from a real Phoenix 1.7 server (`../shared/phoenix-golden/`)
+//! Replays the frames captured from a real Phoenix 1.7 server (`tests/fixtures/phoenix-golden/`)
 //! against shardcast, with a channel that behaves like the one that produced them, and checks
 //! every frame shardcast sends (presence `phx_ref` values aside).
 
@@ -16,7 +16,7 @@ use tungstenite::Message;
 
 fn golden(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/phoenix-golden")
+        .join("tests/fixtures/phoenix-golden")
         .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

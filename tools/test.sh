@@ -7,6 +7,7 @@
 #   SKIP_AUTOBAHN=1 tools/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-$PWD/target}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -32,7 +33,7 @@ cargo build --quiet --bins
 cargo test --all-targets
 
 step "phoenix.js suite (official client, ws transport)"
-(cd tests/js && npm ci --no-audit --no-fund --silent && SHARDCAST_BIN="$PWD/../../target/debug/shardcast" npm test)
+(cd tests/js && npm ci --no-audit --no-fund --silent && SHARDCAST_BIN="$target/debug/shardcast" npm test)
 
 py27="${AUTOBAHN_PYTHON:-${PYENV_ROOT:-$HOME/.pyenv}/versions/2.7.18/bin/python2.7}"
 if [ "${SKIP_AUTOBAHN:-0}" != 1 ] && [ ! -x "$py27" ]; then
@@ -42,7 +43,7 @@ elif [ "${SKIP_AUTOBAHN:-0}" != 1 ]; then
   port=19001
   data=$(mktemp -d)
   SHARDCAST_WEBSOCKET__MAX_MESSAGE_SIZE=16777216 SHARDCAST_WEBSOCKET__MAX_FRAME_SIZE=16777216 \
-    target/debug/shardcast serve --echo-endpoint --listen "127.0.0.1:$port" --shards 1 --data-dir "$data" \
+    "$target/debug/shardcast" serve --echo-endpoint --listen "127.0.0.1:$port" --shards 1 --data-dir "$data" \
     2>"$data/server.log" &
   server=$!
   trap 'kill $server 2>/dev/null || true' EXIT

@@ -24,7 +24,7 @@ fn enc(ser: Serializer, msg: Outgoing<'_>) -> Bytes {
     payload_of(&encode(ser, &msg, &mut BytesMut::new()).unwrap())
 }
 
-// Frames from ../shared/phoenix-golden/v2-frames.log.
+// Frames from tests/fixtures/phoenix-golden/v2-frames.log.
 
 #[test]
 fn decodes_golden_binary_push() {
