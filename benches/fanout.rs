@@ -2,7 +2,7 @@
 //! (one shard), drives it with the `shardcast-bench` harness for short runs, and prints the HDR
 //! latency histograms. For the recorded figures, see perf/README.md (longer runs, pinned CPUs).
 
-use shardcast::channel::App;
+use shardcast::core::App;
 use shardcast::{Config, Server};
 use std::net::SocketAddr;
 use std::process::Command;

@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use shardcast::channel::{App, Channel, ChannelCtx, Delivery, HandleIn, Payload, Router};
+use shardcast::core::{App, Channel, ChannelCtx, Delivery, HandleIn, Payload, Router};
 use shardcast::features::game::{GameHook, HookContext, StateVerdict};
 use shardcast::features::{GameChannel, GameSettings};
 use shardcast::protocol::binary::game_state::{self, GameState, ObjectRecord, Position};
@@ -290,6 +290,8 @@ fn push_frame(topic: &str, r: u32, state: &[u8]) -> Vec<u8> {
 struct PlainRelay;
 
 impl Channel for PlainRelay {
+    type Info = ();
+
     fn join(&mut self, _ctx: &mut ChannelCtx<'_>, _p: Payload) -> Result<Payload, Payload> {
         Ok(Payload::empty())
     }
@@ -304,11 +306,18 @@ impl Channel for PlainRelay {
 struct Counted<C>(C);
 
 impl<C: Channel> Channel for Counted<C> {
-    fn join(&mut self, ctx: &mut ChannelCtx<'_>, p: Payload) -> Result<Payload, Payload> {
+    type Info = C::Info;
+
+    fn join(&mut self, ctx: &mut ChannelCtx<'_, C::Info>, p: Payload) -> Result<Payload, Payload> {
         self.0.join(ctx, p)
     }
 
-    fn handle_in(&mut self, ctx: &mut ChannelCtx<'_>, event: &str, payload: Payload) -> HandleIn {
+    fn handle_in(
+        &mut self,
+        ctx: &mut ChannelCtx<'_, C::Info>,
+        event: &str,
+        payload: Payload,
+    ) -> HandleIn {
         TRACK.with(|t| t.set(true));
         let result = self.0.handle_in(ctx, event, payload);
         TRACK.with(|t| t.set(false));
@@ -357,7 +366,7 @@ fn relaying_game_state_allocates_nothing_beyond_the_plain_relay() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let settings = Arc::new(GameSettings::default());
     let app = App::new(
-        |_: &shardcast::ConnectInfo| Ok(shardcast::Assigns::new()),
+        |_: &shardcast::ConnectInfo| Ok(()),
         Router::new()
             .channel("game:*", move || {
                 Counted(GameChannel::new(settings.clone()).with_hook(Arc::new(SumHook)))

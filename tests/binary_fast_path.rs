@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use shardcast::channel::{App, Router};
+use shardcast::core::{App, Router};
 use shardcast::features::game::{BulkVerdict, GameHook, HookContext, StateVerdict};
 use shardcast::features::{GameChannel, GameSettings};
 use shardcast::protocol::binary::bulk::{self, BulkUpdate};
@@ -384,7 +384,7 @@ impl GameHook for StudioRules {
 fn a_studio_hook_validates_and_transforms_through_the_public_api() {
     let settings = Arc::new(GameSettings::default());
     let app = App::new(
-        |_: &shardcast::ConnectInfo| Ok(shardcast::Assigns::new()),
+        |_: &shardcast::ConnectInfo| Ok(()),
         Router::new().channel("game:*", move || {
             GameChannel::new(settings.clone()).with_hook(Arc::new(StudioRules))
         }),

@@ -4,21 +4,23 @@
 mod common;
 use common::*;
 use serde_json::json;
-use shardcast::channel::{
-    App, Assigns, Channel, ChannelCtx, ConnectInfo, ConnectRefused, HandleIn, HandleInfo, Payload,
-    ReplyRef, Router, TerminateReason,
+use shardcast::core::{
+    App, Channel, ChannelCtx, ConnectInfo, ConnectRefused, HandleIn, HandleInfo, Payload, ReplyRef,
+    Router, TerminateReason,
 };
 use shardcast::ReplyStatus;
-use std::any::Any;
 use std::time::Duration;
 
-fn token_hook(info: &ConnectInfo) -> Result<Assigns, ConnectRefused> {
+/// The socket's assigns: who it is.
+struct Player {
+    name: String,
+}
+
+fn token_hook(info: &ConnectInfo) -> Result<Player, ConnectRefused> {
     match info.param("token") {
-        Some("good") => {
-            let mut a = Assigns::new();
-            a.insert("user".into(), json!("alice"));
-            Ok(a)
-        }
+        Some("good") => Ok(Player {
+            name: "alice".into(),
+        }),
         _ => Err(ConnectRefused {
             reason: "invalid token".into(),
         }),
@@ -30,27 +32,43 @@ struct Table {
     pending: Option<ReplyRef>,
 }
 
-struct Tick(u32);
-struct Answer;
+/// What a table's `handle_info` gets.
+enum TableInfo {
+    Tick(u32),
+    Answer,
+    Squared(ReplyRef, u64),
+}
 
 impl Channel for Table {
-    fn join(&mut self, ctx: &mut ChannelCtx<'_>, _payload: Payload) -> Result<Payload, Payload> {
-        Ok(Payload::json(&json!({ "user": ctx.assigns()["user"] })))
+    type Info = TableInfo;
+
+    fn join(
+        &mut self,
+        ctx: &mut ChannelCtx<'_, TableInfo>,
+        _payload: Payload,
+    ) -> Result<Payload, Payload> {
+        let player = ctx.assigns::<Player>().ok_or_else(Payload::empty)?;
+        Ok(Payload::json(&json!({ "user": player.name })))
     }
 
-    fn handle_in(&mut self, ctx: &mut ChannelCtx<'_>, event: &str, payload: Payload) -> HandleIn {
+    fn handle_in(
+        &mut self,
+        ctx: &mut ChannelCtx<'_, TableInfo>,
+        event: &str,
+        payload: Payload,
+    ) -> HandleIn {
         match event {
             "others" => {
                 ctx.broadcast_from("others", &payload);
                 HandleIn::NoReply
             }
             "countdown" => {
-                ctx.send_after(Duration::from_millis(20), Tick(3));
+                ctx.send_after(Duration::from_millis(20), TableInfo::Tick(3));
                 HandleIn::ok(Payload::empty())
             }
             "later" => {
                 self.pending = Some(ctx.reply_ref());
-                ctx.send_after(Duration::from_millis(10), Answer);
+                ctx.send_after(Duration::from_millis(10), TableInfo::Answer);
                 HandleIn::NoReply
             }
             "crash" => panic!("boom"),
@@ -63,7 +81,7 @@ impl Channel for Table {
                 let (tx, rx) = flume::bounded(1);
                 std::thread::spawn(move || tx.send(n * n).unwrap());
                 let to = ctx.reply_ref();
-                ctx.spawn(async move { (to, rx.recv_async().await.unwrap()) });
+                ctx.spawn(async move { TableInfo::Squared(to, rx.recv_async().await.unwrap()) });
                 HandleIn::NoReply
             }
             "owner_square" => {
@@ -86,29 +104,33 @@ impl Channel for Table {
         }
     }
 
-    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_>, msg: Box<dyn Any>) -> HandleInfo {
-        if let Some(Tick(n)) = msg.downcast_ref::<Tick>() {
-            ctx.push("tick", &Payload::json(&json!({ "n": n })))
-                .unwrap();
-            if *n > 1 {
-                ctx.send_after(Duration::from_millis(20), Tick(n - 1));
+    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_, TableInfo>, msg: TableInfo) -> HandleInfo {
+        let sent = match msg {
+            TableInfo::Tick(n) => {
+                if n > 1 {
+                    ctx.send_after(Duration::from_millis(20), TableInfo::Tick(n - 1));
+                }
+                ctx.push("tick", &Payload::json(&json!({ "n": n })))
             }
-        } else if let Some((to, sq)) = msg.downcast_ref::<(ReplyRef, u64)>() {
-            ctx.reply(to, ReplyStatus::Ok, &Payload::json(&json!({ "sq": sq })))
-                .unwrap();
-        } else if msg.downcast_ref::<Answer>().is_some() {
-            let to = self.pending.take().unwrap();
-            ctx.reply(
-                &to,
-                ReplyStatus::Ok,
-                &Payload::json(&json!({ "answer": 42 })),
-            )
-            .unwrap();
+            TableInfo::Squared(to, sq) => {
+                ctx.reply(&to, ReplyStatus::Ok, &Payload::json(&json!({ "sq": sq })))
+            }
+            TableInfo::Answer => match self.pending.take() {
+                Some(to) => ctx.reply(
+                    &to,
+                    ReplyStatus::Ok,
+                    &Payload::json(&json!({ "answer": 42 })),
+                ),
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = sent {
+            panic!("a frame of this test cannot be encoded: {e}");
         }
         HandleInfo::Continue
     }
 
-    fn terminate(&mut self, ctx: &mut ChannelCtx<'_>, reason: TerminateReason) {
+    fn terminate(&mut self, ctx: &mut ChannelCtx<'_, TableInfo>, reason: TerminateReason) {
         // What a presence-like channel does: release its entry, whatever ended the join.
         let payload = Payload::json(&json!({ "reason": format!("{reason:?}") }));
         ctx.broadcast("released", &payload);
@@ -120,7 +142,7 @@ fn app() -> App {
         token_hook,
         Router::new()
             .channel("table:*", Table::default)
-            .channel("echo:*", shardcast::channel::echo::EchoChannel::default),
+            .channel("echo:*", shardcast::core::echo::EchoChannel::default),
     )
 }
 

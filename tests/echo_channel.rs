@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use serde_json::json;
-use shardcast::channel::App;
+use shardcast::core::App;
 
 #[test]
 fn join_echo_broadcast_and_unmatched_topic() {

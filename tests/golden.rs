@@ -5,10 +5,9 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
-use shardcast::channel::{
+use shardcast::core::{
     App, Channel, ChannelCtx, HandleIn, HandleInfo, Payload, Router, TerminateReason,
 };
-use std::any::Any;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,7 +50,7 @@ fn remove_meta(topic: &str, user: &str, meta: &Value) {
 struct AfterJoin;
 
 impl GoldenRoom {
-    fn untrack(&mut self, ctx: &mut ChannelCtx<'_>, announce: bool) {
+    fn untrack(&mut self, ctx: &mut ChannelCtx<'_, AfterJoin>, announce: bool) {
         let Some((user, meta)) = self.user.take() else {
             return;
         };
@@ -64,7 +63,13 @@ impl GoldenRoom {
 }
 
 impl Channel for GoldenRoom {
-    fn join(&mut self, ctx: &mut ChannelCtx<'_>, payload: Payload) -> Result<Payload, Payload> {
+    type Info = AfterJoin;
+
+    fn join(
+        &mut self,
+        ctx: &mut ChannelCtx<'_, AfterJoin>,
+        payload: Payload,
+    ) -> Result<Payload, Payload> {
         if ctx.topic() == "room:forbidden" {
             return Err(Payload::json(&json!({"reason": "unauthorized"})));
         }
@@ -81,7 +86,12 @@ impl Channel for GoldenRoom {
         Ok(Payload::empty())
     }
 
-    fn handle_in(&mut self, ctx: &mut ChannelCtx<'_>, event: &str, payload: Payload) -> HandleIn {
+    fn handle_in(
+        &mut self,
+        ctx: &mut ChannelCtx<'_, AfterJoin>,
+        event: &str,
+        payload: Payload,
+    ) -> HandleIn {
         match event {
             "new_msg" => {
                 ctx.broadcast("new_msg", &payload);
@@ -103,8 +113,8 @@ impl Channel for GoldenRoom {
         }
     }
 
-    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_>, msg: Box<dyn Any>) -> HandleInfo {
-        if msg.downcast_ref::<AfterJoin>().is_some() {
+    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_, AfterJoin>, _msg: AfterJoin) -> HandleInfo {
+        {
             let (user, meta) = self.user.clone().unwrap();
             let state = PRESENCE.with(|p| {
                 let mut p = p.borrow_mut();
@@ -124,7 +134,7 @@ impl Channel for GoldenRoom {
         HandleInfo::Continue
     }
 
-    fn terminate(&mut self, ctx: &mut ChannelCtx<'_>, reason: TerminateReason) {
+    fn terminate(&mut self, ctx: &mut ChannelCtx<'_, AfterJoin>, reason: TerminateReason) {
         // As captured: a replaced (duplicate) join leaves no diff behind.
         self.untrack(ctx, reason != TerminateReason::Duplicate);
     }
@@ -132,7 +142,7 @@ impl Channel for GoldenRoom {
 
 fn golden_app() -> App {
     App::new(
-        shardcast::channel::AllowAll,
+        shardcast::core::AllowAll,
         Router::new().channel("room:*", GoldenRoom::default),
     )
 }

@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
-use shardcast::features::presence::{normalized, sync_diff, sync_state, Diff, State};
+use shardcast::core::presence::{normalized, sync_diff, sync_state, Diff, State};
 use std::collections::BTreeMap;
 
 /// A phoenix.js `Presence` over a [`Client`]: diffs before the first state are held.

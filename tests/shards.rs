@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use shardcast::channel::App;
+use shardcast::core::App;
 use std::collections::HashMap;
 
 fn per_shard_connections(server: &TestServer) -> Vec<u64> {
@@ -83,8 +83,7 @@ fn broadcast_crosses_shards_exactly_once_in_publisher_order() {
 mod owner_tasks {
     use super::*;
     use serde_json::json;
-    use shardcast::channel::{Channel, ChannelCtx, HandleIn, HandleInfo, Payload, Router};
-    use std::any::Any;
+    use shardcast::core::{Channel, ChannelCtx, HandleIn, HandleInfo, Payload, Router};
 
     /// Owner-side state: joins counted per topic, in one place whatever shard the joiner is on.
     #[derive(Default)]
@@ -96,7 +95,13 @@ mod owner_tasks {
     struct Counter;
 
     impl Channel for Counter {
-        fn join(&mut self, ctx: &mut ChannelCtx<'_>, _p: Payload) -> Result<Payload, Payload> {
+        type Info = Numbered;
+
+        fn join(
+            &mut self,
+            ctx: &mut ChannelCtx<'_, Numbered>,
+            _p: Payload,
+        ) -> Result<Payload, Payload> {
             let me = ctx.address();
             ctx.run_on_owner(move |owner| {
                 let counts = owner.state::<JoinCounts>();
@@ -112,12 +117,18 @@ mod owner_tasks {
             Ok(Payload::empty())
         }
 
-        fn handle_in(&mut self, _ctx: &mut ChannelCtx<'_>, _e: &str, _p: Payload) -> HandleIn {
+        fn handle_in(
+            &mut self,
+            _ctx: &mut ChannelCtx<'_, Numbered>,
+            _e: &str,
+            _p: Payload,
+        ) -> HandleIn {
             HandleIn::NoReply
         }
 
-        fn handle_info(&mut self, ctx: &mut ChannelCtx<'_>, msg: Box<dyn Any>) -> HandleInfo {
-            if let Some(Numbered(n)) = msg.downcast_ref::<Numbered>() {
+        fn handle_info(&mut self, ctx: &mut ChannelCtx<'_, Numbered>, msg: Numbered) -> HandleInfo {
+            {
+                let Numbered(n) = msg;
                 ctx.push("your_number", &Payload::json(&json!({ "n": n })))
                     .unwrap();
             }
@@ -128,7 +139,7 @@ mod owner_tasks {
     #[test]
     fn owner_tasks_serialize_per_topic_state_across_shards() {
         let app = App::new(
-            shardcast::channel::AllowAll,
+            shardcast::core::AllowAll,
             Router::new().channel("count:*", Counter::default),
         );
         let server = TestServer::start(app, |c| c.shards = 3);

@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use serde_json::json;
-use shardcast::channel::App;
+use shardcast::core::App;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Socket and join authentication: HS256 JSON Web Tokens.
 //!
 //! A socket connects with `?token=<jwt>` (phoenix.js `params: {token}`); the token's claims
-//! become the socket's assigns (`user_id`, `user_name`, `avatar`, `rooms`). A join may carry its
+//! become the socket's assigns ([`Identity`]: the user and the allowed `rooms`). A join may carry its
 //! own `{"token": ...}`, which then decides the identity and the topics of that join. Topic
 //! patterns in `rooms` are exact (`document:42`) or prefixes (`room:*`); without a `rooms` claim
 //! every routed topic may be joined.
@@ -9,9 +9,9 @@
 //! Only HS256 is accepted (the header's `alg` must say so: no `none`, no algorithm confusion);
 //! the signature is checked in constant time before the claims are parsed.
 
-use crate::channel::{
-    Assigns, Channel, ChannelCtx, ConnectInfo, ConnectRefused, HandleIn, HandleInfo, Payload,
-    SocketHandler, TerminateReason,
+use crate::core::{
+    Channel, ChannelCtx, ConnectInfo, ConnectRefused, HandleIn, HandleInfo, Payload, SocketHandler,
+    TerminateReason,
 };
 use crate::ops::config::Config;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,7 +19,6 @@ use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::any::Any;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -349,15 +348,6 @@ pub fn unix_now() -> u64 {
 
 // --- Identity in assigns -------------------------------------------------------------------
 
-/// Assign keys set by [`TokenAuth`].
-pub mod assign {
-    pub const USER_ID: &str = "user_id";
-    pub const USER_NAME: &str = "user_name";
-    pub const AVATAR: &str = "avatar";
-    pub const ROOMS: &str = "rooms";
-    pub const ANONYMOUS: &str = "anonymous";
-}
-
 /// Who a channel acts for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct User {
@@ -374,45 +364,55 @@ impl User {
     }
 }
 
-fn claims_assigns(claims: Claims) -> Assigns {
-    let mut a = Assigns::new();
-    a.insert(assign::USER_ID.into(), Value::String(claims.sub));
-    a.insert(assign::USER_NAME.into(), Value::String(claims.name));
-    if let Some(avatar) = claims.avatar {
-        a.insert(assign::AVATAR.into(), Value::String(avatar));
-    }
-    if let Some(rooms) = claims.rooms {
-        a.insert(assign::ROOMS.into(), json!(rooms));
-    }
-    a.insert(assign::ANONYMOUS.into(), Value::Bool(false));
-    a
+/// Who a socket is: the assigns [`TokenAuth`] gives every socket it accepts, read by channels
+/// with `ctx.assigns::<Identity>()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's user (or a guest).
+    pub user: User,
+    /// Topic patterns the token allows (`None`: every routed topic).
+    pub rooms: Option<Vec<String>>,
+    /// A guest admitted by `allow_anonymous`, not a token holder.
+    pub anonymous: bool,
 }
 
-fn guest_assigns(info: &ConnectInfo) -> Assigns {
-    let mut id = [0u8; 8];
-    // A guest id only needs to be unlikely to collide; a clock fallback keeps demos running.
-    if getrandom::fill(&mut id).is_err() {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        id = nanos.to_le_bytes();
+impl Identity {
+    fn from_claims(claims: Claims) -> Identity {
+        Identity {
+            user: User {
+                id: claims.sub,
+                name: claims.name,
+                avatar: claims.avatar,
+            },
+            rooms: claims.rooms,
+            anonymous: false,
+        }
     }
-    let name = info
-        .param("name")
-        .map(str::trim)
-        .filter(|n| !n.is_empty() && n.len() <= 64)
-        .unwrap_or("guest");
-    let mut a = Assigns::new();
-    a.insert(
-        assign::USER_ID.into(),
-        Value::String(format!(
-            "guest-{}",
-            u64::from_le_bytes(id) & 0xffff_ffff_ffff
-        )),
-    );
-    a.insert(assign::USER_NAME.into(), Value::String(name.to_string()));
-    a.insert(assign::ANONYMOUS.into(), Value::Bool(true));
-    a
+
+    fn guest(info: &ConnectInfo) -> Identity {
+        let mut id = [0u8; 8];
+        // A guest id only needs to be unlikely to collide; a clock fallback keeps demos running.
+        if getrandom::fill(&mut id).is_err() {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            id = nanos.to_le_bytes();
+        }
+        let name = info
+            .param("name")
+            .map(str::trim)
+            .filter(|n| !n.is_empty() && n.len() <= 64)
+            .unwrap_or("guest");
+        Identity {
+            user: User {
+                id: format!("guest-{}", u64::from_le_bytes(id) & 0xffff_ffff_ffff),
+                name: name.to_string(),
+                avatar: None,
+            },
+            rooms: None,
+            anonymous: true,
+        }
+    }
 }
 
 /// The socket connect hook: a valid `token` parameter, or a guest when anonymous sockets are
@@ -429,15 +429,21 @@ impl TokenAuth {
 }
 
 impl SocketHandler for TokenAuth {
-    fn connect(&self, info: &ConnectInfo) -> Result<Assigns, ConnectRefused> {
+    type Assigns = Identity;
+
+    fn connect(&self, info: &ConnectInfo) -> Result<Identity, ConnectRefused> {
         match info.param("token").filter(|t| !t.is_empty()) {
-            Some(token) => self.auth.verify(token).map(claims_assigns).map_err(|e| {
-                tracing::debug!(peer = %info.peer, error = %e, "socket token refused");
-                ConnectRefused {
-                    reason: e.to_string(),
-                }
-            }),
-            None if self.auth.allow_anonymous => Ok(guest_assigns(info)),
+            Some(token) => self
+                .auth
+                .verify(token)
+                .map(Identity::from_claims)
+                .map_err(|e| {
+                    tracing::debug!(peer = %info.peer, error = %e, "socket token refused");
+                    ConnectRefused {
+                        reason: e.to_string(),
+                    }
+                }),
+            None if self.auth.allow_anonymous => Ok(Identity::guest(info)),
             None => Err(ConnectRefused {
                 reason: "a token is required".into(),
             }),
@@ -465,44 +471,20 @@ impl JoinDenied {
     }
 }
 
-fn assigns_user(assigns: &Assigns) -> Option<User> {
-    Some(User {
-        id: assigns.get(assign::USER_ID)?.as_str()?.to_string(),
-        name: assigns.get(assign::USER_NAME)?.as_str()?.to_string(),
-        avatar: assigns
-            .get(assign::AVATAR)
-            .and_then(Value::as_str)
-            .map(str::to_string),
-    })
-}
-
-fn assigns_rooms(assigns: &Assigns) -> Option<Vec<String>> {
-    let rooms = assigns.get(assign::ROOMS)?.as_array()?;
-    Some(
-        rooms
-            .iter()
-            .filter_map(|r| r.as_str().map(str::to_string))
-            .collect(),
-    )
-}
-
 /// Decides who joins `topic`: the join payload's `token` when present (its identity and
 /// `rooms`), else the socket's. A join token of another user than the socket's is refused.
 pub fn authorize_join(
     auth: &Authenticator,
-    assigns: &Assigns,
+    socket: Option<&Identity>,
     payload: &Value,
     topic: &str,
 ) -> Result<User, JoinDenied> {
-    let socket_user = assigns_user(assigns);
-    let anonymous = assigns
-        .get(assign::ANONYMOUS)
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let socket_user = socket.map(|s| s.user.clone());
+    let anonymous = socket.is_some_and(|s| s.anonymous);
     let (user, rooms) = match payload.get("token") {
         None | Some(Value::Null) => {
             let user = socket_user.ok_or(JoinDenied::AccessDenied)?;
-            (user, assigns_rooms(assigns))
+            (user, socket.and_then(|s| s.rooms.clone()))
         }
         Some(Value::String(token)) => {
             let claims = auth.verify(token).map_err(|_| JoinDenied::InvalidToken)?;
@@ -540,22 +522,33 @@ impl<C: Channel> Guarded<C> {
 }
 
 impl<C: Channel> Channel for Guarded<C> {
-    fn join(&mut self, ctx: &mut ChannelCtx<'_>, payload: Payload) -> Result<Payload, Payload> {
+    type Info = C::Info;
+
+    fn join(
+        &mut self,
+        ctx: &mut ChannelCtx<'_, C::Info>,
+        payload: Payload,
+    ) -> Result<Payload, Payload> {
         let params: Value = payload.parse().unwrap_or(Value::Null);
-        authorize_join(&self.auth, ctx.assigns(), &params, ctx.topic())
+        authorize_join(&self.auth, ctx.assigns::<Identity>(), &params, ctx.topic())
             .map_err(JoinDenied::payload)?;
         self.inner.join(ctx, payload)
     }
 
-    fn handle_in(&mut self, ctx: &mut ChannelCtx<'_>, event: &str, payload: Payload) -> HandleIn {
+    fn handle_in(
+        &mut self,
+        ctx: &mut ChannelCtx<'_, C::Info>,
+        event: &str,
+        payload: Payload,
+    ) -> HandleIn {
         self.inner.handle_in(ctx, event, payload)
     }
 
-    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_>, msg: Box<dyn Any>) -> HandleInfo {
+    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_, C::Info>, msg: C::Info) -> HandleInfo {
         self.inner.handle_info(ctx, msg)
     }
 
-    fn terminate(&mut self, ctx: &mut ChannelCtx<'_>, reason: TerminateReason) {
+    fn terminate(&mut self, ctx: &mut ChannelCtx<'_, C::Info>, reason: TerminateReason) {
         self.inner.terminate(ctx, reason)
     }
 }
@@ -683,47 +676,47 @@ mod tests {
         let a = Authenticator::new(KEY, false);
         let mut c = claims();
         c.exp = unix_now() + 60;
-        let socket = claims_assigns(c.clone());
+        let socket = Some(Identity::from_claims(c.clone()));
         let none = Value::Null;
         assert_eq!(
-            authorize_join(&a, &socket, &none, "room:1").map(|u| u.id),
+            authorize_join(&a, socket.as_ref(), &none, "room:1").map(|u| u.id),
             Ok("u1".to_string())
         );
         assert_eq!(
-            authorize_join(&a, &socket, &none, "game:1"),
+            authorize_join(&a, socket.as_ref(), &none, "game:1"),
             Err(JoinDenied::AccessDenied)
         );
         // A join token widens the rooms of the same user.
         let mut wide = c.clone();
         wide.rooms = Some(vec!["game:*".into()]);
         let p = json!({ "token": a.sign(&wide) });
-        assert!(authorize_join(&a, &socket, &p, "game:1").is_ok());
+        assert!(authorize_join(&a, socket.as_ref(), &p, "game:1").is_ok());
         // ... but cannot switch users, and must be valid.
         let mut other = c.clone();
         other.sub = "u2".into();
         let p = json!({ "token": a.sign(&other) });
         assert_eq!(
-            authorize_join(&a, &socket, &p, "room:1"),
+            authorize_join(&a, socket.as_ref(), &p, "room:1"),
             Err(JoinDenied::AccessDenied)
         );
         let p = json!({ "token": "garbage" });
         assert_eq!(
-            authorize_join(&a, &socket, &p, "room:1"),
+            authorize_join(&a, socket.as_ref(), &p, "room:1"),
             Err(JoinDenied::InvalidToken)
         );
         let p = json!({ "token": 5 });
         assert_eq!(
-            authorize_join(&a, &socket, &p, "room:1"),
+            authorize_join(&a, socket.as_ref(), &p, "room:1"),
             Err(JoinDenied::InvalidToken)
         );
         // Without a rooms claim, anything routed.
         let mut open = c;
         open.rooms = None;
-        let socket = claims_assigns(open);
-        assert!(authorize_join(&a, &socket, &none, "game:1").is_ok());
+        let socket = Some(Identity::from_claims(open));
+        assert!(authorize_join(&a, socket.as_ref(), &none, "game:1").is_ok());
         // No identity at all (a socket accepted by another hook).
         assert_eq!(
-            authorize_join(&a, &Assigns::new(), &none, "room:1"),
+            authorize_join(&a, None, &none, "room:1"),
             Err(JoinDenied::AccessDenied)
         );
     }
@@ -744,16 +737,18 @@ mod tests {
         c.exp = unix_now() + 60;
         let token = Authenticator::new(KEY, false).sign(&c);
         let assigns = strict.connect(&info(&[("token", &token)])).unwrap();
-        assert_eq!(assigns[assign::USER_ID], "u1");
-        assert_eq!(assigns[assign::ROOMS], json!(["room:*", "document:42"]));
+        assert_eq!(assigns.user.id, "u1");
+        assert_eq!(
+            assigns.rooms,
+            Some(vec!["room:*".to_string(), "document:42".to_string()])
+        );
+        assert!(!assigns.anonymous);
 
         let open = TokenAuth::new(Arc::new(Authenticator::new(KEY, true)));
         let guest = open.connect(&info(&[("name", "Bo")])).unwrap();
-        assert!(guest[assign::USER_ID]
-            .as_str()
-            .unwrap()
-            .starts_with("guest-"));
-        assert_eq!(guest[assign::USER_NAME], "Bo");
+        assert!(guest.user.id.starts_with("guest-"));
+        assert_eq!(guest.user.name, "Bo");
+        assert!(guest.anonymous);
         // A bad token is refused even when guests are allowed.
         assert!(open.connect(&info(&[("token", "bad")])).is_err());
     }

@@ -9,18 +9,16 @@
 //! - `status` `{status}` → the meta's `status`.
 //! - leave or disconnect → the meta leaves.
 
-use super::auth::{authorize_join, JoinDenied, User};
-use super::presence::tracker::{RefGen, Tracker, STATE_EVENT};
-use super::presence::Meta;
-use super::room::{new_meta, push, JoinRefused, PresenceState};
+use super::auth::{authorize_join, Identity, JoinDenied, User};
+use super::room::{new_meta, push};
 use super::{end_session, SessionWrite};
 use super::{field_error, params, reason, status_param, topic_id, touch_session, Services};
-use crate::channel::{
-    Channel, ChannelCtx, ConnAddr, ConnId, HandleIn, HandleInfo, OwnerCtx, Payload, TerminateReason,
+use crate::core::presence::tracker::{RefGen, Tracker, STATE_EVENT};
+use crate::core::presence::Meta;
+use crate::core::{
+    Addr, Channel, ChannelCtx, ConnId, HandleIn, HandleInfo, OwnerCtx, Payload, TerminateReason,
 };
 use serde_json::{json, Value};
-use std::any::Any;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,8 +27,25 @@ pub const PREFIX: &str = "collaboration:";
 /// Largest `position` / `selection`, as JSON text.
 pub const MAX_FIELD_BYTES: usize = 1024;
 
-/// Time to forward the latest cursor/selection.
-struct Flush;
+/// The messages of a `collaboration:*` channel.
+pub enum CollaborationInfo {
+    /// Time to forward the latest cursor/selection.
+    Flush,
+    /// `presence_state` for the joiner.
+    PresenceState(Payload),
+    /// The document is full: the join is undone.
+    JoinRefused(&'static str),
+    /// A session write finished.
+    SessionWrite(SessionWrite),
+}
+
+impl From<SessionWrite> for CollaborationInfo {
+    fn from(w: SessionWrite) -> Self {
+        CollaborationInfo::SessionWrite(w)
+    }
+}
+
+type Ctx<'a> = ChannelCtx<'a, CollaborationInfo>;
 
 pub struct CollaborationChannel {
     services: Arc<Services>,
@@ -54,7 +69,7 @@ impl CollaborationChannel {
     }
 
     /// Stores a cursor or selection and forwards it now, or at the end of the interval.
-    fn update(&mut self, ctx: &mut ChannelCtx<'_>, field: &str, value: Value) -> HandleIn {
+    fn update(&mut self, ctx: &mut Ctx<'_>, field: &str, value: Value) -> HandleIn {
         let too_big = serde_json::to_vec(&value).map_or(true, |v| v.len() > MAX_FIELD_BYTES);
         if too_big {
             return HandleIn::error(field_error(field, "is too large"));
@@ -68,18 +83,21 @@ impl CollaborationChannel {
             _ => j.selection = Some(value),
         }
         if !j.flush_timer {
-            let since = j.last_flush.map_or(interval, |t| t.elapsed());
+            let now = ctx.instant();
+            let since = j
+                .last_flush
+                .map_or(interval, |t| now.saturating_duration_since(t));
             if since >= interval {
                 self.flush(ctx);
             } else {
                 j.flush_timer = true;
-                ctx.send_after(interval - since, Flush);
+                ctx.send_after(interval - since, CollaborationInfo::Flush);
             }
         }
         HandleIn::ok(Payload::empty())
     }
 
-    fn flush(&mut self, ctx: &mut ChannelCtx<'_>) {
+    fn flush(&mut self, ctx: &mut Ctx<'_>) {
         let Some(j) = self.joined.as_mut() else {
             return;
         };
@@ -87,7 +105,7 @@ impl CollaborationChannel {
         if cursor.is_none() && selection.is_none() {
             return;
         }
-        j.last_flush = Some(Instant::now());
+        j.last_flush = Some(ctx.instant());
         let conn = ctx.conn_id();
         ctx.run_on_owner(move |owner| {
             owner_update(owner, conn, move |m| {
@@ -103,14 +121,21 @@ impl CollaborationChannel {
 }
 
 impl Channel for CollaborationChannel {
-    fn join(&mut self, ctx: &mut ChannelCtx<'_>, payload: Payload) -> Result<Payload, Payload> {
+    type Info = CollaborationInfo;
+
+    fn join(&mut self, ctx: &mut Ctx<'_>, payload: Payload) -> Result<Payload, Payload> {
         let params = params(&payload)?;
-        let user = authorize_join(&self.services.auth, ctx.assigns(), &params, ctx.topic())
-            .map_err(JoinDenied::payload)?;
+        let user = authorize_join(
+            &self.services.auth,
+            ctx.assigns::<Identity>(),
+            &params,
+            ctx.topic(),
+        )
+        .map_err(JoinDenied::payload)?;
         if topic_id(ctx.topic(), PREFIX).is_none() {
             return Err(reason("invalid_topic"));
         }
-        let meta = new_meta(&user, status_param(&params));
+        let meta = new_meta(&user, status_param(&params), ctx.now().unix_ms);
         let response = Payload::json(&json!({ "user": user.summary() }));
         let (addr, key, max) = (
             ctx.address(),
@@ -129,7 +154,7 @@ impl Channel for CollaborationChannel {
         Ok(response)
     }
 
-    fn handle_in(&mut self, ctx: &mut ChannelCtx<'_>, event: &str, payload: Payload) -> HandleIn {
+    fn handle_in(&mut self, ctx: &mut Ctx<'_>, event: &str, payload: Payload) -> HandleIn {
         let mut params = match params(&payload) {
             Ok(p) => p,
             Err(e) => return HandleIn::error(e),
@@ -156,25 +181,26 @@ impl Channel for CollaborationChannel {
         }
     }
 
-    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_>, msg: Box<dyn Any>) -> HandleInfo {
-        if msg.downcast_ref::<Flush>().is_some() {
-            if let Some(j) = self.joined.as_mut() {
-                j.flush_timer = false;
+    fn handle_info(&mut self, ctx: &mut Ctx<'_>, msg: CollaborationInfo) -> HandleInfo {
+        match msg {
+            CollaborationInfo::Flush => {
+                if let Some(j) = self.joined.as_mut() {
+                    j.flush_timer = false;
+                }
+                self.flush(ctx);
             }
-            self.flush(ctx);
-        } else if let Some(PresenceState(p)) = msg.downcast_ref::<PresenceState>() {
-            push(ctx, STATE_EVENT, p);
-        } else if let Some(JoinRefused(why)) = msg.downcast_ref::<JoinRefused>() {
-            push(ctx, "join_refused", &reason(why));
-            self.joined = None;
-            return HandleInfo::Stop;
-        } else if let Some(w) = msg.downcast_ref::<SessionWrite>() {
-            w.log(ctx.topic());
+            CollaborationInfo::PresenceState(p) => push(ctx, STATE_EVENT, &p),
+            CollaborationInfo::JoinRefused(why) => {
+                push(ctx, "join_refused", &reason(why));
+                self.joined = None;
+                return HandleInfo::Stop;
+            }
+            CollaborationInfo::SessionWrite(w) => w.log(ctx.topic()),
         }
         HandleInfo::Continue
     }
 
-    fn terminate(&mut self, ctx: &mut ChannelCtx<'_>, why: TerminateReason) {
+    fn terminate(&mut self, ctx: &mut Ctx<'_>, why: TerminateReason) {
         let Some(j) = self.joined.take() else {
             return;
         };
@@ -185,49 +211,46 @@ impl Channel for CollaborationChannel {
 }
 
 // --- The owner side -------------------------------------------------------------------------
+//
+// A document's presence is per-topic owner state: created by the first join, dropped by the
+// runtime once no shard has a subscriber left.
 
-/// Documents owned by this shard.
-#[derive(Default)]
-struct Documents {
-    docs: HashMap<String, Tracker>,
-}
-
-fn owner_join(owner: &mut OwnerCtx<'_>, addr: ConnAddr, key: String, meta: Meta, max: usize) {
-    let docs = owner.state::<Documents>();
+fn owner_join(
+    owner: &mut OwnerCtx<'_>,
+    addr: Addr<CollaborationInfo>,
+    key: String,
+    meta: Meta,
+    max: usize,
+) {
+    let tracker = owner.topic_state::<Tracker>();
     let refs = owner.state::<RefGen>();
-    let mut docs = docs.borrow_mut();
-    let topic = owner.topic().to_string();
-    let tracker = docs.docs.entry(topic.clone()).or_default();
-    let joined = tracker.join(owner, &mut refs.borrow_mut(), addr.clone(), &key, meta, max);
+    let mut tracker = tracker.borrow_mut();
+    let joined = tracker.join(
+        owner,
+        &mut refs.borrow_mut(),
+        addr.raw().clone(),
+        &key,
+        meta,
+        max,
+    );
     match joined {
-        Some(_) => owner.send(&addr, PresenceState(tracker.state_payload())),
-        None => {
-            owner.send(&addr, JoinRefused("room_full"));
-            if tracker.is_empty() {
-                docs.docs.remove(&topic);
-            }
-        }
+        Some(_) => owner.send(
+            &addr,
+            CollaborationInfo::PresenceState(tracker.state_payload()),
+        ),
+        None => owner.send(&addr, CollaborationInfo::JoinRefused("room_full")),
     }
 }
 
 fn owner_leave(owner: &mut OwnerCtx<'_>, conn: ConnId) {
-    let docs = owner.state::<Documents>();
-    let mut docs = docs.borrow_mut();
-    let topic = owner.topic().to_string();
-    if let Some(tracker) = docs.docs.get_mut(&topic) {
-        tracker.leave(owner, conn);
-        if tracker.is_empty() {
-            docs.docs.remove(&topic);
-        }
-    }
+    let tracker = owner.topic_state::<Tracker>();
+    tracker.borrow_mut().leave(owner, conn);
 }
 
 fn owner_update(owner: &mut OwnerCtx<'_>, conn: ConnId, change: impl FnOnce(&mut Meta)) {
-    let docs = owner.state::<Documents>();
+    let tracker = owner.topic_state::<Tracker>();
     let refs = owner.state::<RefGen>();
-    let mut docs = docs.borrow_mut();
-    let topic = owner.topic().to_string();
-    if let Some(tracker) = docs.docs.get_mut(&topic) {
-        tracker.update(owner, &mut refs.borrow_mut(), conn, change);
-    }
+    tracker
+        .borrow_mut()
+        .update(owner, &mut refs.borrow_mut(), conn, change);
 }

@@ -20,7 +20,7 @@
 //! Hooks run on the connection's shard inside the callback: they must not block.
 
 use super::voice::{AudioRelay, AudioSettings};
-use crate::channel::{Channel, ChannelCtx, ConnId, Delivery, HandleIn, Payload, ReplyStatus};
+use crate::core::{Channel, ChannelCtx, ConnId, Delivery, HandleIn, Payload, ReplyStatus};
 use crate::ops::config::Config;
 use crate::protocol::binary::bulk::{self, BulkLimits, BulkUpdate};
 use crate::protocol::binary::game_state::{GameState, GameStateLimits, ObjectTypes, WorldBounds};
@@ -276,9 +276,10 @@ fn bulk_error(ctx: &mut ChannelCtx<'_>, reason: &str, message: impl std::fmt::Di
     HandleIn::Reply(ReplyStatus::Error, payload)
 }
 
-/// The socket's `user_id` assign, or `conn-<id>` for sockets without one.
+/// The socket's user id (its [`Identity`](super::Identity)), or `conn-<id>` for sockets
+/// without one.
 pub(crate) fn sender_id(ctx: &ChannelCtx<'_>) -> Result<String, Payload> {
-    match ctx.assigns().get("user_id").and_then(|v| v.as_str()) {
+    match ctx.assigns::<super::Identity>().map(|i| i.user.id.as_str()) {
         Some(id) if id.len() <= 1024 => Ok(id.to_string()),
         Some(_) => Err(super::reason("invalid_user")),
         None => Ok(format!("conn-{}", ctx.conn_id())),
@@ -293,6 +294,8 @@ pub(crate) fn check_topic(ctx: &ChannelCtx<'_>, prefix: &str) -> Result<(), Payl
 }
 
 impl Channel for GameChannel {
+    type Info = ();
+
     fn join(&mut self, ctx: &mut ChannelCtx<'_>, _payload: Payload) -> Result<Payload, Payload> {
         check_topic(ctx, PREFIX)?;
         let user_id = sender_id(ctx)?;

@@ -2,7 +2,6 @@
 //! channels would be):
 //!
 //! - [`auth`]: HS256 token auth at connect ([`TokenAuth`]) and per join ([`auth::authorize_join`]).
-//! - [`presence`]: Phoenix.Presence state, diffs and the owner-side tracker.
 //! - [`room`]: `room:<id>` — chat with persisted history, typing indicators, presence.
 //! - [`collaboration`]: `collaboration:<id>` — presence with cursors and selections.
 //! - [`document`]: `document:<id>` — collaborative text (operational transform), persisted.
@@ -11,7 +10,7 @@
 //! - [`uploads`]: `uploads:<user id>` — resumable chunked uploads to the data directory.
 //!
 //! Per-topic authority (presence, message order, warm history) lives on the topic's owner shard
-//! ([`ChannelCtx::run_on_owner`](crate::channel::ChannelCtx::run_on_owner)); the storage thread
+//! ([`ChannelCtx::run_on_owner`](crate::core::ChannelCtx::run_on_owner)); the storage thread
 //! ([`crate::storage`]) is reached through futures, so shards never block on disk.
 
 pub mod auth;
@@ -19,20 +18,19 @@ pub mod clock;
 pub mod collaboration;
 pub mod document;
 pub mod game;
-pub mod presence;
 pub mod room;
 pub mod uploads;
 pub mod voice;
 
-pub use auth::{Authenticator, Claims, Guarded, TokenAuth, User};
+pub use auth::{Authenticator, Claims, Guarded, Identity, TokenAuth, User};
 pub use collaboration::CollaborationChannel;
 pub use game::{GameChannel, GameHook, GameSettings};
 pub use room::RoomChannel;
 pub use uploads::{UploadChannel, UploadServices};
 pub use voice::VoiceChannel;
 
-use crate::channel::echo::EchoChannel;
-use crate::channel::{App, ChannelCtx, Payload, Router, TerminateReason};
+use crate::core::echo::EchoChannel;
+use crate::core::{App, ChannelCtx, Payload, Router, TerminateReason};
 use crate::ops::config::{Config, RoomsConfig};
 use crate::storage::Storage;
 use serde_json::{json, Value};
@@ -169,27 +167,32 @@ pub(crate) fn disconnect_reason(reason: TerminateReason) -> &'static str {
 
 /// Records session activity off the shard; failures are only logged (best effort, the user's
 /// action does not depend on it). The answer comes back to `handle_info` as [`SessionWrite`].
-pub(crate) fn touch_session(ctx: &mut ChannelCtx<'_>, services: &Services, user: &User) {
+pub(crate) fn touch_session<I: From<SessionWrite> + Send + 'static>(
+    ctx: &mut ChannelCtx<'_, I>,
+    services: &Services,
+    user: &User,
+) {
     let fut = services
         .storage
-        .touch_session(&user.id, &user.name, clock::now_ms());
-    ctx.spawn(async move { SessionWrite(fut.await.err().map(|e| e.to_string())) });
+        .touch_session(&user.id, &user.name, ctx.now().unix_ms);
+    ctx.spawn(async move { SessionWrite(fut.await.err().map(|e| e.to_string())).into() });
 }
 
-pub(crate) fn end_session(
-    ctx: &mut ChannelCtx<'_>,
+pub(crate) fn end_session<I: From<SessionWrite> + Send + 'static>(
+    ctx: &mut ChannelCtx<'_, I>,
     services: &Services,
     user: &User,
     why: TerminateReason,
 ) {
     let fut = services
         .storage
-        .end_session(&user.id, disconnect_reason(why), clock::now_ms());
-    ctx.spawn(async move { SessionWrite(fut.await.err().map(|e| e.to_string())) });
+        .end_session(&user.id, disconnect_reason(why), ctx.now().unix_ms);
+    ctx.spawn(async move { SessionWrite(fut.await.err().map(|e| e.to_string())).into() });
 }
 
 /// The outcome of a session write (an error message, if any).
-pub(crate) struct SessionWrite(pub Option<String>);
+#[derive(Debug)]
+pub struct SessionWrite(pub Option<String>);
 
 impl SessionWrite {
     pub(crate) fn log(&self, topic: &str) {

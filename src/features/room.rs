@@ -17,20 +17,19 @@
 //! Everything per room that needs one order — presence, `online_count`, message ids and their
 //! broadcast order, the warm history — is kept on the topic's owner shard.
 
-use super::auth::{authorize_join, JoinDenied, User};
-use super::clock::{now_ms, rfc3339_ms};
-use super::presence::tracker::{RefGen, Tracker, STATE_EVENT};
-use super::presence::Meta;
+use super::auth::{authorize_join, Identity, JoinDenied, User};
+use super::clock::rfc3339_ms;
 use super::{
     field_error, params, reason, status_param, topic_id, touch_session, Services, SessionWrite,
 };
-use crate::channel::{
-    Channel, ChannelCtx, ConnAddr, ConnId, HandleIn, HandleInfo, OwnerCtx, Payload, ReplyRef,
+use crate::core::presence::tracker::{RefGen, Tracker, STATE_EVENT};
+use crate::core::presence::Meta;
+use crate::core::{
+    Addr, Channel, ChannelCtx, ConnId, HandleIn, HandleInfo, OwnerCtx, Payload, ReplyRef,
     ReplyStatus, TerminateReason,
 };
 use crate::storage::{MessageRow, RoomRow, RoomSnapshot, StorageError};
 use serde_json::{json, Map, Value};
-use std::any::Any;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,26 +37,45 @@ use std::time::{Duration, Instant};
 /// Topic prefix this channel is routed at.
 pub const PREFIX: &str = "room:";
 
-// --- Messages from the owner to a channel (its handle_info) --------------------------------
+// --- What a room channel receives (its handle_info) ----------------------------------------
 
-/// `presence_state` for the joiner.
-pub(crate) struct PresenceState(pub Payload);
-/// `room_state` for the joiner.
-struct RoomState(Payload);
-/// The room is full: the join is undone.
-pub(crate) struct JoinRefused(pub &'static str);
-/// The outcome of a `new_message`, for its deferred reply.
-struct Posted {
-    to: ReplyRef,
-    result: Result<Payload, Payload>,
+/// The messages of a `room:*` channel: answers of its owner tasks, its own timers and storage
+/// writes.
+pub enum RoomInfo {
+    /// `presence_state` for the joiner.
+    PresenceState(Payload),
+    /// `room_state` for the joiner.
+    RoomState(Payload),
+    /// The room is full: the join is undone.
+    JoinRefused(&'static str),
+    /// The outcome of a `new_message`, for its deferred reply.
+    Posted {
+        /// The push to answer.
+        to: ReplyRef,
+        /// Ok: the stored message; error: why not.
+        result: Result<Payload, Payload>,
+    },
+    /// An answer to a query push.
+    Answer {
+        /// The push to answer.
+        to: ReplyRef,
+        /// The answer.
+        payload: Payload,
+    },
+    /// Check whether the typing state has expired.
+    TypingCheck,
+    /// A session write finished.
+    SessionWrite(SessionWrite),
 }
-/// An answer to a query push.
-struct Answer {
-    to: ReplyRef,
-    payload: Payload,
+
+impl From<SessionWrite> for RoomInfo {
+    fn from(w: SessionWrite) -> Self {
+        RoomInfo::SessionWrite(w)
+    }
 }
-/// Check whether the typing state has expired.
-struct TypingCheck;
+
+type Ctx<'a> = ChannelCtx<'a, RoomInfo>;
+type RoomAddr = Addr<RoomInfo>;
 
 // --- The channel (one per joined connection) ------------------------------------------------
 
@@ -83,16 +101,16 @@ impl RoomChannel {
         }
     }
 
-    fn set_typing(&mut self, ctx: &mut ChannelCtx<'_>, typing: bool) {
+    fn set_typing(&mut self, ctx: &mut Ctx<'_>, typing: bool) {
         let timeout = self.services.rooms.typing_timeout();
         let Some(j) = self.joined.as_mut() else {
             return;
         };
         if typing {
-            j.typing_deadline = Instant::now() + timeout;
+            j.typing_deadline = ctx.instant() + timeout;
             if !j.typing_timer {
                 j.typing_timer = true;
-                ctx.send_after(timeout, TypingCheck);
+                ctx.send_after(timeout, RoomInfo::TypingCheck);
             }
         }
         if j.typing != typing {
@@ -102,7 +120,7 @@ impl RoomChannel {
         }
     }
 
-    fn new_message(&mut self, ctx: &mut ChannelCtx<'_>, params: &Value) -> HandleIn {
+    fn new_message(&mut self, ctx: &mut Ctx<'_>, params: &Value) -> HandleIn {
         let max = self.services.rooms.max_message_bytes;
         let Some(j) = self.joined.as_mut() else {
             return HandleIn::error(reason("not_joined"));
@@ -141,14 +159,21 @@ pub fn validate_body(body: Option<&Value>, max_bytes: usize) -> Result<String, S
 }
 
 impl Channel for RoomChannel {
-    fn join(&mut self, ctx: &mut ChannelCtx<'_>, payload: Payload) -> Result<Payload, Payload> {
+    type Info = RoomInfo;
+
+    fn join(&mut self, ctx: &mut Ctx<'_>, payload: Payload) -> Result<Payload, Payload> {
         let params = params(&payload)?;
-        let user = authorize_join(&self.services.auth, ctx.assigns(), &params, ctx.topic())
-            .map_err(JoinDenied::payload)?;
+        let user = authorize_join(
+            &self.services.auth,
+            ctx.assigns::<Identity>(),
+            &params,
+            ctx.topic(),
+        )
+        .map_err(JoinDenied::payload)?;
         if topic_id(ctx.topic(), PREFIX).is_none() {
             return Err(reason("invalid_topic"));
         }
-        let meta = new_meta(&user, status_param(&params));
+        let meta = new_meta(&user, status_param(&params), ctx.now().unix_ms);
         let response = Payload::json(&json!({ "user": user.summary() }));
         let (addr, services, key) = (ctx.address(), self.services.clone(), user.id.clone());
         // Broadcasts reach this joiner from its owner join task on: what the room said before
@@ -159,14 +184,14 @@ impl Channel for RoomChannel {
         self.joined = Some(Joined {
             user,
             typing: false,
-            typing_deadline: Instant::now(),
+            typing_deadline: ctx.instant(),
             typing_timer: false,
             pending: 0,
         });
         Ok(response)
     }
 
-    fn handle_in(&mut self, ctx: &mut ChannelCtx<'_>, event: &str, payload: Payload) -> HandleIn {
+    fn handle_in(&mut self, ctx: &mut Ctx<'_>, event: &str, payload: Payload) -> HandleIn {
         let params = match params(&payload) {
             Ok(p) => p,
             Err(e) => return HandleIn::error(e),
@@ -197,57 +222,48 @@ impl Channel for RoomChannel {
         }
     }
 
-    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_>, msg: Box<dyn Any>) -> HandleInfo {
-        let msg = match msg.downcast::<Posted>() {
-            Ok(posted) => {
+    fn handle_info(&mut self, ctx: &mut Ctx<'_>, msg: RoomInfo) -> HandleInfo {
+        match msg {
+            RoomInfo::Posted { to, result } => {
                 if let Some(j) = self.joined.as_mut() {
                     j.pending = j.pending.saturating_sub(1);
                 }
-                let (status, payload) = match posted.result {
+                let (status, payload) = match result {
                     Ok(p) => (ReplyStatus::Ok, p),
                     Err(p) => (ReplyStatus::Error, p),
                 };
-                send_reply(ctx, &posted.to, status, &payload);
-                return HandleInfo::Continue;
+                send_reply(ctx, &to, status, &payload);
             }
-            Err(other) => other,
-        };
-        let msg = match msg.downcast::<TypingCheck>() {
-            Ok(_) => {
+            RoomInfo::TypingCheck => {
+                let now = ctx.instant();
                 let expired = self.joined.as_mut().is_some_and(|j| {
                     j.typing_timer = false;
-                    j.typing && Instant::now() >= j.typing_deadline
+                    j.typing && now >= j.typing_deadline
                 });
                 if expired {
                     self.set_typing(ctx, false);
                 } else if let Some(j) = self.joined.as_mut().filter(|j| j.typing) {
                     // Typing went on: check again at the new deadline.
                     j.typing_timer = true;
-                    let left = j.typing_deadline.saturating_duration_since(Instant::now());
-                    ctx.send_after(left.max(Duration::from_millis(1)), TypingCheck);
+                    let left = j.typing_deadline.saturating_duration_since(now);
+                    ctx.send_after(left.max(Duration::from_millis(1)), RoomInfo::TypingCheck);
                 }
-                return HandleInfo::Continue;
             }
-            Err(other) => other,
-        };
-        if let Some(PresenceState(p)) = msg.downcast_ref::<PresenceState>() {
-            push(ctx, STATE_EVENT, p);
-        } else if let Some(RoomState(p)) = msg.downcast_ref::<RoomState>() {
-            push(ctx, "room_state", p);
-        } else if let Some(a) = msg.downcast_ref::<Answer>() {
-            send_reply(ctx, &a.to, ReplyStatus::Ok, &a.payload);
-        } else if let Some(JoinRefused(why)) = msg.downcast_ref::<JoinRefused>() {
-            push(ctx, "join_refused", &reason(why));
-            // Not tracked by the owner: nothing to undo in terminate.
-            self.joined = None;
-            return HandleInfo::Stop;
-        } else if let Some(w) = msg.downcast_ref::<SessionWrite>() {
-            w.log(ctx.topic());
+            RoomInfo::PresenceState(p) => push(ctx, STATE_EVENT, &p),
+            RoomInfo::RoomState(p) => push(ctx, "room_state", &p),
+            RoomInfo::Answer { to, payload } => send_reply(ctx, &to, ReplyStatus::Ok, &payload),
+            RoomInfo::JoinRefused(why) => {
+                push(ctx, "join_refused", &reason(why));
+                // Not tracked by the owner: nothing to undo in terminate.
+                self.joined = None;
+                return HandleInfo::Stop;
+            }
+            RoomInfo::SessionWrite(w) => w.log(ctx.topic()),
         }
         HandleInfo::Continue
     }
 
-    fn terminate(&mut self, ctx: &mut ChannelCtx<'_>, why: TerminateReason) {
+    fn terminate(&mut self, ctx: &mut Ctx<'_>, why: TerminateReason) {
         let Some(j) = self.joined.take() else {
             return;
         };
@@ -257,7 +273,7 @@ impl Channel for RoomChannel {
     }
 }
 
-pub(crate) fn new_meta(user: &User, status: Option<String>) -> Meta {
+pub(crate) fn new_meta(user: &User, status: Option<String>, now_ms: i64) -> Meta {
     let mut extra = Map::new();
     if let Some(avatar) = &user.avatar {
         extra.insert("avatar".into(), Value::String(avatar.clone()));
@@ -267,19 +283,19 @@ pub(crate) fn new_meta(user: &User, status: Option<String>) -> Meta {
         name: user.name.clone(),
         status: status.unwrap_or_else(|| "online".into()),
         typing: false,
-        joined_at: rfc3339_ms(now_ms()),
+        joined_at: rfc3339_ms(now_ms),
         extra,
     }
 }
 
-pub(crate) fn push(ctx: &mut ChannelCtx<'_>, event: &str, payload: &Payload) {
+pub(crate) fn push<I: Send + 'static>(ctx: &mut ChannelCtx<'_, I>, event: &str, payload: &Payload) {
     if let Err(e) = ctx.push(event, payload) {
         tracing::warn!(topic = %ctx.topic(), event, error = %e, "push cannot be encoded");
     }
 }
 
-pub(crate) fn send_reply(
-    ctx: &mut ChannelCtx<'_>,
+pub(crate) fn send_reply<I: Send + 'static>(
+    ctx: &mut ChannelCtx<'_, I>,
     to: &ReplyRef,
     status: ReplyStatus,
     payload: &Payload,
@@ -315,7 +331,7 @@ enum History {
     #[default]
     Cold,
     /// Being read from storage; these joiners wait for their `room_state`.
-    Loading { waiters: Vec<ConnAddr> },
+    Loading { waiters: Vec<RoomAddr> },
     /// The latest messages (at most `history_limit`), oldest first.
     Warm {
         info: RoomRow,
@@ -325,7 +341,7 @@ enum History {
 
 struct Commit {
     result: Result<MessageRow, StorageError>,
-    addr: ConnAddr,
+    addr: RoomAddr,
     to: ReplyRef,
 }
 
@@ -338,8 +354,8 @@ impl Room {
 
     /// Sends `room_state` to `addr`. Broadcasts the owner makes afterwards reach that connection
     /// after it (the connection's mailbox keeps the owner's order).
-    fn send_room_state(&mut self, owner: &mut OwnerCtx<'_>, addr: &ConnAddr, state: Payload) {
-        owner.send(addr, RoomState(state));
+    fn send_room_state(&mut self, owner: &mut OwnerCtx<'_>, addr: &RoomAddr, state: Payload) {
+        owner.send(addr, RoomInfo::RoomState(state));
     }
 
     fn room_state(&self, topic: &str) -> Payload {
@@ -382,7 +398,7 @@ fn user_payload(key: &str, name: &str, online: usize) -> Payload {
 fn owner_join(
     owner: &mut OwnerCtx<'_>,
     services: &Arc<Services>,
-    addr: ConnAddr,
+    addr: RoomAddr,
     key: String,
     meta: Meta,
 ) {
@@ -398,13 +414,13 @@ fn owner_join(
     let joined = room.tracker.join(
         owner,
         &mut refs.borrow_mut(),
-        addr.clone(),
+        addr.raw().clone(),
         &key,
         meta,
         services.rooms.max_members,
     );
     let Some(joined) = joined else {
-        owner.send(&addr, JoinRefused("room_full"));
+        owner.send(&addr, RoomInfo::JoinRefused("room_full"));
         if room.idle() {
             rooms.rooms.remove(&topic);
         }
@@ -420,7 +436,7 @@ fn owner_join(
     if joined.first_of_key {
         owner.broadcast("user_joined", &user_payload(&key, &name, online));
     }
-    owner.send(&addr, PresenceState(room.tracker.state_payload()));
+    owner.send(&addr, RoomInfo::PresenceState(room.tracker.state_payload()));
     match &mut room.history {
         History::Warm { .. } => {
             let state = room.room_state(&topic);
@@ -431,9 +447,11 @@ fn owner_join(
             room.history = History::Loading {
                 waiters: vec![addr],
             };
-            let load = services
-                .storage
-                .open_room(&topic, services.rooms.history_limit, now_ms());
+            let load = services.storage.open_room(
+                &topic,
+                services.rooms.history_limit,
+                owner.now().unix_ms,
+            );
             let services = services.clone();
             owner.spawn_then(load, move |owner, result| {
                 owner_loaded(owner, &services, result)
@@ -481,8 +499,8 @@ fn owner_loaded(
         // Only joiners still there (the same join) get it.
         if room
             .tracker
-            .member(addr.conn_id)
-            .is_some_and(|m| m.addr == addr)
+            .member(addr.conn_id())
+            .is_some_and(|m| &m.addr == addr.raw())
         {
             room.send_room_state(owner, &addr, state.clone());
         }
@@ -496,7 +514,7 @@ fn owner_loaded(
 fn owner_post(
     owner: &mut OwnerCtx<'_>,
     services: &Arc<Services>,
-    addr: ConnAddr,
+    addr: RoomAddr,
     to: ReplyRef,
     user: User,
     body: String,
@@ -507,11 +525,11 @@ fn owner_post(
     let member = rooms
         .rooms
         .get_mut(&topic)
-        .filter(|r| r.tracker.member(addr.conn_id).is_some());
+        .filter(|r| r.tracker.member(addr.conn_id()).is_some());
     let Some(room) = member else {
         owner.send(
             &addr,
-            Posted {
+            RoomInfo::Posted {
                 to,
                 result: Err(reason("not_joined")),
             },
@@ -521,9 +539,10 @@ fn owner_post(
     let seq = room.next_seq;
     room.next_seq += 1;
     // Enqueued now, in this task: the storage thread commits (and numbers) in seq order.
-    let insert = services
-        .storage
-        .insert_message(&topic, &user.id, &user.name, &body, now_ms());
+    let insert =
+        services
+            .storage
+            .insert_message(&topic, &user.id, &user.name, &body, owner.now().unix_ms);
     let limit = services.rooms.history_limit;
     owner.spawn_then(insert, move |owner, result| {
         let rooms = owner.state::<Rooms>();
@@ -565,7 +584,7 @@ fn release(owner: &mut OwnerCtx<'_>, room: &mut Room, limit: usize) {
                 owner.broadcast("new_message", &payload);
                 owner.send(
                     &commit.addr,
-                    Posted {
+                    RoomInfo::Posted {
                         to: commit.to,
                         result: Ok(payload),
                     },
@@ -579,7 +598,7 @@ fn release(owner: &mut OwnerCtx<'_>, room: &mut Room, limit: usize) {
                 };
                 owner.send(
                     &commit.addr,
-                    Posted {
+                    RoomInfo::Posted {
                         to: commit.to,
                         result: Err(reason(why)),
                     },
@@ -642,7 +661,7 @@ fn owner_status(owner: &mut OwnerCtx<'_>, conn: ConnId, status: String) {
     }
 }
 
-fn owner_query(owner: &mut OwnerCtx<'_>, addr: ConnAddr, to: ReplyRef) {
+fn owner_query(owner: &mut OwnerCtx<'_>, addr: RoomAddr, to: ReplyRef) {
     let rooms = owner.state::<Rooms>();
     let rooms = rooms.borrow();
     let topic: &str = owner.topic();
@@ -659,7 +678,7 @@ fn owner_query(owner: &mut OwnerCtx<'_>, addr: ConnAddr, to: ReplyRef) {
     };
     owner.send(
         &addr,
-        Answer {
+        RoomInfo::Answer {
             to,
             payload: Payload::json(&payload),
         },

@@ -11,7 +11,7 @@
 //! visible to the client as a gap in `seq`. Other subscribers are not affected.
 
 use super::game::{check_topic, error_reply, event, policy_key, sender_id};
-use crate::channel::{Channel, ChannelCtx, Delivery, HandleIn, Payload};
+use crate::core::{Channel, ChannelCtx, Delivery, HandleIn, Payload};
 use crate::ops::config::AudioConfig;
 use crate::protocol::binary::audio::{self, AudioStreamHeader};
 use std::sync::Arc;
@@ -76,7 +76,7 @@ impl AudioRelay {
         }
         let header = AudioStreamHeader {
             user_id: &self.user_id,
-            server_timestamp_ms: super::clock::now_ms().max(0) as u64,
+            server_timestamp_ms: ctx.now().unix_ms.max(0) as u64,
             seq: self.next_seq,
         };
         let msg = match audio::encode(&header, frame) {
@@ -121,6 +121,8 @@ impl VoiceChannel {
 }
 
 impl Channel for VoiceChannel {
+    type Info = ();
+
     fn join(&mut self, ctx: &mut ChannelCtx<'_>, _payload: Payload) -> Result<Payload, Payload> {
         check_topic(ctx, PREFIX)?;
         let user_id = sender_id(ctx)?;

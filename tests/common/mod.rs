@@ -2,7 +2,7 @@
 //! client (tungstenite) that talks to it the way a real client does.
 #![allow(dead_code)]
 
-use shardcast::channel::App;
+use shardcast::core::App;
 use shardcast::{Config, Server, ServerHandle};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -219,7 +219,9 @@ impl WsClient {
     /// Splits off a writer half: the same socket, written from another task while this one reads.
     pub fn into_shared(self) -> SharedClient {
         SharedClient {
-            stream: std::rc::Rc::new(shardcast::transport::stream::SharedStream::new(self.stream)),
+            stream: std::rc::Rc::new(shardcast::runtime::transport::stream::SharedStream::new(
+                self.stream,
+            )),
             buf: self.buf,
             start: self.start,
             end: self.end,
@@ -229,7 +231,7 @@ impl WsClient {
 
 /// A client whose socket is shared by a reader task and a writer task.
 pub struct SharedClient {
-    pub stream: std::rc::Rc<shardcast::transport::stream::SharedStream>,
+    pub stream: std::rc::Rc<shardcast::runtime::transport::stream::SharedStream>,
     buf: Vec<u8>,
     start: usize,
     end: usize,

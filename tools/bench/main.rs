@@ -544,7 +544,7 @@ fn in_flight(shared: &Shared) -> u64 {
 /// Sends publishes at `rate` per second (0 = as fast as the socket takes them) until `secs`.
 #[allow(clippy::too_many_arguments)]
 async fn publish(
-    stream: Rc<shardcast::transport::stream::SharedStream>,
+    stream: Rc<shardcast::runtime::transport::stream::SharedStream>,
     shared: &Shared,
     topic_index: usize,
     topic: &str,

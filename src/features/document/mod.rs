@@ -33,14 +33,13 @@
 pub mod owner;
 pub mod store;
 
-use super::auth::{assign, authorize_join, Authenticator, JoinDenied, User};
+use super::auth::{authorize_join, Authenticator, Identity, JoinDenied, User};
 use super::{params, reason, topic_id};
-use crate::channel::{Channel, ChannelCtx, HandleIn, HandleInfo, Payload, TerminateReason};
+use crate::core::{Channel, ChannelCtx, HandleIn, HandleInfo, Payload, TerminateReason};
 use crate::document::DocumentLimits;
 use crate::ops::config::{Config, DocumentsConfig};
 use owner::{JoinRequest, Offsets, OpRequest, ToChannel};
 use serde_json::{json, Value};
-use std::any::Any;
 use std::collections::HashSet;
 use std::sync::Arc;
 pub use store::{DocumentStore, DocumentStoreThread, StoreError};
@@ -146,7 +145,7 @@ fn optional_u64(value: Option<&Value>) -> Result<Option<u64>, ()> {
 }
 
 impl DocumentChannel {
-    fn operation(&mut self, ctx: &mut ChannelCtx<'_>, payload: &Payload) -> HandleIn {
+    fn operation(&mut self, ctx: &mut ChannelCtx<'_, ToChannel>, payload: &Payload) -> HandleIn {
         let max_pending = self.services.config.max_pending_ops;
         let Some(j) = self.joined.as_mut() else {
             return HandleIn::error(reason("not_joined"));
@@ -198,10 +197,21 @@ impl DocumentChannel {
 }
 
 impl Channel for DocumentChannel {
-    fn join(&mut self, ctx: &mut ChannelCtx<'_>, payload: Payload) -> Result<Payload, Payload> {
+    type Info = ToChannel;
+
+    fn join(
+        &mut self,
+        ctx: &mut ChannelCtx<'_, ToChannel>,
+        payload: Payload,
+    ) -> Result<Payload, Payload> {
         let params = params(&payload)?;
-        let user = authorize_join(&self.services.auth, ctx.assigns(), &params, ctx.topic())
-            .map_err(JoinDenied::payload)?;
+        let user = authorize_join(
+            &self.services.auth,
+            ctx.assigns::<Identity>(),
+            &params,
+            ctx.topic(),
+        )
+        .map_err(JoinDenied::payload)?;
         let id = topic_id(ctx.topic(), PREFIX).ok_or_else(|| reason("invalid_topic"))?;
         let offsets = match params.get("offsets") {
             None | Some(Value::Null) => Offsets::Chars,
@@ -222,11 +232,7 @@ impl Channel for DocumentChannel {
         };
         let services = self.services.clone();
         ctx.run_on_owner(move |owner| owner::join(owner, &services, req));
-        let guest = ctx
-            .assigns()
-            .get(assign::ANONYMOUS)
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
+        let guest = ctx.assigns::<Identity>().is_some_and(|i| i.anonymous)
             && params.get("token").is_none_or(Value::is_null);
         let response = Payload::json(&json!({ "user": user.summary() }));
         self.joined = Some(Joined {
@@ -239,18 +245,20 @@ impl Channel for DocumentChannel {
         Ok(response)
     }
 
-    fn handle_in(&mut self, ctx: &mut ChannelCtx<'_>, event: &str, payload: Payload) -> HandleIn {
+    fn handle_in(
+        &mut self,
+        ctx: &mut ChannelCtx<'_, ToChannel>,
+        event: &str,
+        payload: Payload,
+    ) -> HandleIn {
         match event {
             "operation" => self.operation(ctx, &payload),
             _ => HandleIn::error(reason("unknown_event")),
         }
     }
 
-    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_>, msg: Box<dyn Any>) -> HandleInfo {
-        let Ok(msg) = msg.downcast::<ToChannel>() else {
-            return HandleInfo::Continue;
-        };
-        match *msg {
+    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_, ToChannel>, msg: ToChannel) -> HandleInfo {
+        match msg {
             ToChannel::State(payload) => push(ctx, "document_state", &payload),
             ToChannel::CatchUp(payload) => push(ctx, "document_catchup", &payload),
             ToChannel::Refused(why) => {
@@ -273,7 +281,7 @@ impl Channel for DocumentChannel {
         HandleInfo::Continue
     }
 
-    fn terminate(&mut self, ctx: &mut ChannelCtx<'_>, _why: TerminateReason) {
+    fn terminate(&mut self, ctx: &mut ChannelCtx<'_, ToChannel>, _why: TerminateReason) {
         if self.joined.take().is_some() {
             let services = self.services.clone();
             ctx.run_on_owner(move |owner| owner::leave(owner, &services));
@@ -281,7 +289,7 @@ impl Channel for DocumentChannel {
     }
 }
 
-fn push(ctx: &mut ChannelCtx<'_>, event: &str, payload: &Payload) {
+fn push(ctx: &mut ChannelCtx<'_, ToChannel>, event: &str, payload: &Payload) {
     if let Err(e) = ctx.push(event, payload) {
         tracing::warn!(topic = %ctx.topic(), event, error = %e, "push cannot be encoded");
     }

@@ -14,11 +14,10 @@
 
 use super::store::{LogEntry, StoreError, StoredDocument};
 use super::{doc_id, DocumentServices};
-use crate::channel::{ConnAddr, ConnId, OwnerCtx, Payload, ReplyRef, ReplyStatus, Topic};
+use crate::core::{Addr, ConnId, OwnerCtx, Payload, ReplyRef, ReplyStatus, Topic};
 use crate::document::{
     Applied, Chars, Document, Logged, OpError, Operation, SubmitError, Unit, Utf16,
 };
-use crate::features::clock::now_ms;
 use ropey::Rope;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
@@ -72,14 +71,14 @@ pub enum ToChannel {
 }
 
 pub struct JoinRequest {
-    pub addr: ConnAddr,
+    pub addr: Addr<ToChannel>,
     pub offsets: Offsets,
     /// The version the client last knew (a re-join), if any.
     pub since: Option<u64>,
 }
 
 pub struct OpRequest {
-    pub addr: ConnAddr,
+    pub addr: Addr<ToChannel>,
     pub reply: ReplyRef,
     pub user_id: Arc<str>,
     /// Whether `user_id` is stable across connections (a token's), so it can scope client ids.
@@ -148,7 +147,7 @@ struct InFlight {
 }
 
 struct Ack {
-    addr: ConnAddr,
+    addr: Addr<ToChannel>,
     to: ReplyRef,
     seq: Option<u64>,
 }
@@ -314,7 +313,7 @@ pub fn join(owner: &mut OwnerCtx<'_>, svc: &Arc<DocumentServices>, req: JoinRequ
     }
     match docs.docs.get_mut(&topic) {
         Some(Slot::Ready(d)) => {
-            d.last_used = Instant::now();
+            d.last_used = owner.now().instant;
             answer_join(owner, d, req);
         }
         Some(Slot::Loading(waiters)) => waiters.push(Waiter::Join(req)),
@@ -352,7 +351,7 @@ pub fn operation(owner: &mut OwnerCtx<'_>, svc: &Arc<DocumentServices>, req: OpR
 
 fn answer_join(owner: &mut OwnerCtx<'_>, d: &mut Loaded, req: JoinRequest) {
     for entry in d.inflight.iter_mut() {
-        if entry.exclude == Some(req.addr.conn_id) {
+        if entry.exclude == Some(req.addr.conn_id()) {
             entry.exclude = None;
         }
     }
@@ -424,6 +423,7 @@ fn build(
     svc: &DocumentServices,
     stored: StoredDocument,
     epoch: u64,
+    now: Instant,
 ) -> Result<Loaded, SubmitError> {
     let mut doc = Document::from_snapshot(
         &stored.snapshot,
@@ -444,7 +444,7 @@ fn build(
         authors,
         inflight: VecDeque::new(),
         ack_waiters: Vec::new(),
-        last_used: Instant::now(),
+        last_used: now,
     };
     loaded.trim_authors();
     Ok(loaded)
@@ -469,7 +469,7 @@ fn loaded(
     docs.next_epoch += 1;
     let epoch = docs.next_epoch;
     let built = match result {
-        Ok(Some(stored)) => build(svc, stored, epoch)
+        Ok(Some(stored)) => build(svc, stored, epoch, owner.now().instant)
             .map(Some)
             .map_err(|e| e.to_string()),
         Ok(None) => Ok(None),
@@ -517,7 +517,7 @@ fn submit<U: Unit>(
 }
 
 fn apply(owner: &mut OwnerCtx<'_>, svc: &Arc<DocumentServices>, d: &mut Loaded, req: OpRequest) {
-    d.last_used = Instant::now();
+    d.last_used = owner.now().instant;
     let ack = Ack {
         addr: req.addr,
         to: req.reply,
@@ -573,7 +573,7 @@ fn apply(owner: &mut OwnerCtx<'_>, svc: &Arc<DocumentServices>, d: &mut Loaded, 
     let entry = LogEntry {
         revision: applied.logged.revision().clone(),
         user_id: req.user_id.to_string(),
-        at_ms: now_ms(),
+        at_ms: owner.now().unix_ms,
     };
     // Enqueued now, in this task: the store commits in version order.
     let append = svc.store.append(id, entry);
@@ -589,7 +589,7 @@ fn apply(owner: &mut OwnerCtx<'_>, svc: &Arc<DocumentServices>, d: &mut Loaded, 
     d.trim_authors();
     d.inflight.push_back(InFlight {
         logged: applied.logged,
-        exclude: Some(ack.addr.conn_id),
+        exclude: Some(ack.addr.conn_id()),
         text: d.doc.text().clone(),
         user_id: req.user_id,
         ack,
@@ -689,16 +689,17 @@ fn fail(owner: &mut OwnerCtx<'_>, docs: &mut Documents, topic: &Topic, error: &s
 
 fn schedule_idle_check(owner: &mut OwnerCtx<'_>, svc: &Arc<DocumentServices>) {
     let after = svc.config.idle_unload();
-    owner.spawn_then(glommio::timer::sleep(after), move |owner, ()| {
+    owner.run_after(after, move |owner| {
         let state = owner.state::<Documents>();
         let mut docs = state.borrow_mut();
         let topic = owner.topic().clone();
+        let now = owner.now().instant;
         if docs.members(&topic) > 0 {
             return;
         }
         let unload = matches!(
             docs.docs.get(&topic),
-            Some(Slot::Ready(d)) if d.idle() && d.last_used.elapsed() >= after
+            Some(Slot::Ready(d)) if d.idle() && now.saturating_duration_since(d.last_used) >= after
         );
         if unload {
             docs.docs.remove(&topic);

@@ -32,14 +32,14 @@
 
 mod owner;
 
-use super::auth::{assign, authorize_join, Authenticator, JoinDenied};
+use super::auth::{authorize_join, Authenticator, Identity, JoinDenied};
 use super::game::error_reply;
 use super::{params, reason, topic_id};
-use crate::channel::{Channel, ChannelCtx, HandleIn, HandleInfo, Payload, ReplyRef, ReplyStatus};
+use crate::core::{Channel, ChannelCtx, HandleIn, HandleInfo, Payload, ReplyRef, ReplyStatus};
 use crate::ops::config::{Config, UploadsConfig};
 use crate::protocol::binary::upload::{self, ChunkPlan, UploadStart};
-use serde_json::{json, Value};
-use std::any::Any;
+use serde_json::json;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -191,13 +191,13 @@ impl UploadServices {
     }
 }
 
-/// An owner's answer to one push, for its deferred reply.
-struct Answer {
-    to: ReplyRef,
-    status: ReplyStatus,
-    payload: Payload,
+/// An owner's answer to one push, for its deferred reply: the `uploads:*` channel's message.
+pub struct Answer {
+    pub(crate) to: ReplyRef,
+    pub(crate) status: ReplyStatus,
+    pub(crate) payload: Payload,
     /// Answers an `upload_chunk` (one fewer pending).
-    chunk: bool,
+    pub(crate) chunk: bool,
 }
 
 /// One joined `uploads:` topic.
@@ -224,7 +224,7 @@ impl UploadChannel {
         }
     }
 
-    fn start(&mut self, ctx: &mut ChannelCtx<'_>, payload: &Payload) -> HandleIn {
+    fn start(&mut self, ctx: &mut ChannelCtx<'_, Answer>, payload: &Payload) -> HandleIn {
         let Some(j) = &self.joined else {
             return error_reply("not_joined", "join first");
         };
@@ -245,7 +245,7 @@ impl UploadChannel {
         HandleIn::NoReply
     }
 
-    fn chunk(&mut self, ctx: &mut ChannelCtx<'_>, payload: &Payload) -> HandleIn {
+    fn chunk(&mut self, ctx: &mut ChannelCtx<'_, Answer>, payload: &Payload) -> HandleIn {
         let max_pending = self.services.config.max_pending_chunks;
         let Some(j) = self.joined.as_mut() else {
             return error_reply("not_joined", "join first");
@@ -273,24 +273,24 @@ impl UploadChannel {
 }
 
 impl Channel for UploadChannel {
-    fn join(&mut self, ctx: &mut ChannelCtx<'_>, payload: Payload) -> Result<Payload, Payload> {
+    type Info = Answer;
+
+    fn join(
+        &mut self,
+        ctx: &mut ChannelCtx<'_, Answer>,
+        payload: Payload,
+    ) -> Result<Payload, Payload> {
         let params = params(&payload)?;
-        let anonymous = ctx
-            .assigns()
-            .get(assign::ANONYMOUS)
-            .and_then(Value::as_bool)
-            == Some(true);
+        let anonymous = ctx.assigns::<Identity>().is_some_and(|i| i.anonymous);
         let user = match &self.auth {
             Some(auth) => {
-                authorize_join(auth, ctx.assigns(), &params, ctx.topic())
+                authorize_join(auth, ctx.assigns::<Identity>(), &params, ctx.topic())
                     .map_err(JoinDenied::payload)?
                     .id
             }
             None => ctx
-                .assigns()
-                .get(assign::USER_ID)
-                .and_then(Value::as_str)
-                .map(str::to_string)
+                .assigns::<Identity>()
+                .map(|i| i.user.id.clone())
                 .ok_or_else(|| reason("access_denied"))?,
         };
         if anonymous && params.get("token").is_none() {
@@ -311,7 +311,12 @@ impl Channel for UploadChannel {
         Ok(Payload::json(&response))
     }
 
-    fn handle_in(&mut self, ctx: &mut ChannelCtx<'_>, event: &str, payload: Payload) -> HandleIn {
+    fn handle_in(
+        &mut self,
+        ctx: &mut ChannelCtx<'_, Answer>,
+        event: &str,
+        payload: Payload,
+    ) -> HandleIn {
         match event {
             "upload_start" => self.start(ctx, &payload),
             "upload_chunk" => self.chunk(ctx, &payload),
@@ -319,16 +324,14 @@ impl Channel for UploadChannel {
         }
     }
 
-    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_>, msg: Box<dyn Any>) -> HandleInfo {
-        if let Ok(answer) = msg.downcast::<Answer>() {
-            if answer.chunk {
-                if let Some(j) = self.joined.as_mut() {
-                    j.pending = j.pending.saturating_sub(1);
-                }
+    fn handle_info(&mut self, ctx: &mut ChannelCtx<'_, Answer>, answer: Answer) -> HandleInfo {
+        if answer.chunk {
+            if let Some(j) = self.joined.as_mut() {
+                j.pending = j.pending.saturating_sub(1);
             }
-            if let Err(e) = ctx.reply(&answer.to, answer.status, &answer.payload) {
-                tracing::warn!(error = %e, "upload answer not encoded");
-            }
+        }
+        if let Err(e) = ctx.reply(&answer.to, answer.status, &answer.payload) {
+            tracing::warn!(error = %e, "upload answer not encoded");
         }
         HandleInfo::Continue
     }

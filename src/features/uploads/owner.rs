@@ -11,8 +11,7 @@
 //! and its quota released; a completed file stays).
 
 use super::{Answer, UploadServices};
-use crate::channel::{ConnAddr, OwnerCtx, Payload, ReplyRef, ReplyStatus};
-use crate::features::clock::now_ms;
+use crate::core::{Addr, OwnerCtx, Payload, ReplyRef, ReplyStatus};
 use crate::protocol::binary::upload::{to_hex, ChunkHeader, ChunkPlan, UploadId, UploadStart};
 use bytes::Bytes;
 use glommio::io::{BufferedFile, Directory, OpenOptions};
@@ -30,7 +29,7 @@ const HASH_BLOCK: u64 = 1 << 20;
 const MIN_EXPIRY_CHECK: Duration = Duration::from_secs(1);
 
 /// A push waiting for the outcome of the finalization.
-type Waiter = (ConnAddr, ReplyRef);
+type Waiter = (Addr<Answer>, ReplyRef);
 
 /// One shard's uploads (of the users whose topic it owns).
 #[derive(Default)]
@@ -161,7 +160,7 @@ fn partial_path(services: &UploadServices, id: UploadId) -> PathBuf {
 pub(super) fn start(
     o: &mut OwnerCtx<'_>,
     services: Arc<UploadServices>,
-    addr: ConnAddr,
+    addr: Addr<Answer>,
     to: ReplyRef,
     user: String,
     start: UploadStart,
@@ -190,7 +189,7 @@ pub(super) fn start(
                 ))
             }
             Some(up) => {
-                up.last_activity = Instant::now();
+                up.last_activity = o.now().instant;
                 Ok(up.start_json(id))
             }
         };
@@ -236,7 +235,7 @@ pub(super) fn start(
             file: None,
             state: State::Opening,
             writes_in_flight: 0,
-            last_activity: Instant::now(),
+            last_activity: o.now().instant,
             waiters: Vec::new(),
         },
     );
@@ -276,7 +275,7 @@ fn opened(
         Ok(file) => {
             up.file = Some(Rc::new(file));
             up.state = State::Active;
-            up.last_activity = Instant::now();
+            up.last_activity = o.now().instant;
             let v = up.start_json(id);
             drop(reg);
             answer(o, &waiter, Ok(v), false);
@@ -302,7 +301,7 @@ fn opened(
 pub(super) fn chunk(
     o: &mut OwnerCtx<'_>,
     services: Arc<UploadServices>,
-    addr: ConnAddr,
+    addr: Addr<Answer>,
     to: ReplyRef,
     user: String,
     header: ChunkHeader,
@@ -324,7 +323,7 @@ pub(super) fn chunk(
             return answer(o, &waiter, Err(e), true);
         }
     };
-    up.last_activity = Instant::now();
+    up.last_activity = o.now().instant;
     match &up.state {
         State::Complete { file_id } => {
             let v = up.complete_json(id, file_id);
@@ -483,7 +482,7 @@ fn maybe_finalize(o: &mut OwnerCtx<'_>, services: &Arc<UploadServices>, id: Uplo
         "size": up.plan.size,
         "sha256": to_hex(&up.sha256),
         "user_id": up.user,
-        "completed_at_ms": now_ms(),
+        "completed_at_ms": o.now().unix_ms,
     }))
     .expect("plain JSON");
     let job = Finalize {
@@ -633,9 +632,7 @@ fn schedule_expiry(
     id: UploadId,
     after: Duration,
 ) {
-    o.spawn_then(glommio::timer::sleep(after), move |o, ()| {
-        expire(o, services, id)
-    });
+    o.run_after(after, move |o| expire(o, services, id));
 }
 
 /// Drops an upload nobody touched for `expire_after_ms`.
@@ -646,7 +643,7 @@ fn expire(o: &mut OwnerCtx<'_>, services: Arc<UploadServices>, id: UploadId) {
     let Some(up) = reg.uploads.get(&id) else {
         return;
     };
-    let idle = up.last_activity.elapsed();
+    let idle = o.now().instant.saturating_duration_since(up.last_activity);
     if idle < ttl || up.writes_in_flight > 0 || up.state == State::Finalizing {
         drop(reg);
         let wait = ttl.saturating_sub(idle).max(MIN_EXPIRY_CHECK);

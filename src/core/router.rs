@@ -1,7 +1,9 @@
-use super::Channel;
+//! Topic patterns mapped to channels.
+
+use super::{AnyChannel, Channel};
 use std::fmt;
 
-type Factory = Box<dyn Fn() -> Box<dyn Channel> + Send + Sync>;
+type Factory = Box<dyn Fn() -> Box<dyn AnyChannel> + Send + Sync>;
 
 enum Pattern {
     /// `room:*`: any topic starting with `room:`.
@@ -25,6 +27,7 @@ pub struct Router {
 }
 
 impl Router {
+    /// No routes.
     pub fn new() -> Router {
         Router::default()
     }
@@ -45,13 +48,14 @@ impl Router {
     }
 
     /// A new channel for `topic`, or `None` when no route matches.
-    pub fn route(&self, topic: &str) -> Option<Box<dyn Channel>> {
+    pub(crate) fn route(&self, topic: &str) -> Option<Box<dyn AnyChannel>> {
         self.routes
             .iter()
             .find(|(p, _)| p.matches(topic))
             .map(|(_, make)| make())
     }
 
+    /// Whether some route matches `topic`.
     pub fn has_route(&self, topic: &str) -> bool {
         self.routes.iter().any(|(p, _)| p.matches(topic))
     }

@@ -2,9 +2,9 @@
 //! one connection and produces the exact reply/close/error frames and orderings Phoenix does.
 //! No I/O: its output is a list of [`Effect`]s for the connection driver.
 
-use super::ctx::{encode_reply, ConnState, Outbox};
+use super::ctx::{encode_reply, ConnState, CtxParts, Outbox};
 use super::{
-    Channel, ChannelCtx, Effect, HandleIn, HandleInfo, Payload, ReplyRef, ReplyStatus, Router,
+    AnyChannel, Effect, HandleIn, HandleInfo, Payload, ReplyRef, ReplyStatus, Router,
     TerminateReason, Topic,
 };
 use crate::protocol::phoenix::{encode, event, ByteString, Inbound, Outgoing};
@@ -14,14 +14,17 @@ use std::sync::Arc;
 
 struct Joined {
     join_ref: ByteString,
-    channel: Box<dyn Channel>,
+    channel: Box<dyn AnyChannel>,
 }
 
 /// A message for a channel's `handle_info`, addressed by topic and join ref so that it is dropped
 /// if the channel it was meant for has been left or replaced.
 pub struct Info {
+    /// The channel's topic.
     pub topic: Topic,
+    /// The join it is for.
     pub join_ref: ByteString,
+    /// Of the channel's `Info` type.
     pub msg: Box<dyn Any>,
 }
 
@@ -69,6 +72,7 @@ impl IntoIterator for JoinedTopics {
     }
 }
 
+/// The channels joined on one socket and the Phoenix rules between them.
 pub struct PhoenixSocket {
     conn: ConnState,
     router: Arc<Router>,
@@ -76,6 +80,7 @@ pub struct PhoenixSocket {
 }
 
 impl PhoenixSocket {
+    /// A socket with no channel joined yet.
     pub fn new(conn: ConnState, router: Arc<Router>) -> Self {
         PhoenixSocket {
             conn,
@@ -84,10 +89,12 @@ impl PhoenixSocket {
         }
     }
 
+    /// The connection's facts.
     pub fn conn(&self) -> &ConnState {
         &self.conn
     }
 
+    /// The topics joined now.
     pub fn joined_topics(&self) -> impl Iterator<Item = &Topic> {
         self.joined.keys()
     }
@@ -134,28 +141,22 @@ impl PhoenixSocket {
         });
 
         let before = out.effects.len();
+        let mut gated = false;
         let result = {
-            let conn = &self.conn;
-            let mut ctx = ChannelCtx {
+            let parts = CtxParts {
                 topic: &topic,
                 join_ref: &join_ref,
                 msg_ref: msg.msg_ref.as_ref(),
-                conn,
-                out: Outbox {
-                    effects: out.effects,
-                    arena: out.arena,
-                },
+                conn: &self.conn,
+                out: out.reborrow(),
+                hold: Some(&mut gated),
             };
             catch_unwind(AssertUnwindSafe(|| {
-                channel.join(&mut ctx, msg.payload.clone())
+                channel.join(parts, msg.payload.clone())
             }))
         };
         // Effects of the join callback go after the reply.
-        let mut from_join = out.effects.split_off(before);
-        let gated = from_join
-            .iter()
-            .any(|e| matches!(e, Effect::HoldBroadcasts));
-        from_join.retain(|e| !matches!(e, Effect::HoldBroadcasts));
+        let from_join = out.effects.split_off(before);
         let reply_to = ReplyRef {
             topic: topic.clone(),
             join_ref: join_ref.clone(),
@@ -341,21 +342,19 @@ impl PhoenixSocket {
         join_ref: &ByteString,
         msg_ref: Option<&ByteString>,
         out: &mut Outbox<'_>,
-        f: impl FnOnce(&mut dyn Channel, &mut ChannelCtx<'_>) -> R,
-        channel: &mut Box<dyn Channel>,
+        f: impl FnOnce(&mut dyn AnyChannel, CtxParts<'_>) -> R,
+        channel: &mut Box<dyn AnyChannel>,
     ) -> Option<R> {
         let before = out.effects.len();
-        let mut ctx = ChannelCtx {
+        let parts = CtxParts {
             topic,
             join_ref,
             msg_ref,
             conn: &self.conn,
-            out: Outbox {
-                effects: out.effects,
-                arena: out.arena,
-            },
+            out: out.reborrow(),
+            hold: None,
         };
-        match catch_unwind(AssertUnwindSafe(|| f(channel.as_mut(), &mut ctx))) {
+        match catch_unwind(AssertUnwindSafe(|| f(channel.as_mut(), parts))) {
             Ok(r) => Some(r),
             Err(_) => {
                 out.effects.truncate(before);

@@ -11,18 +11,15 @@
 //! publisher that outruns the mesh is slowed down (backpressure) rather than buffered without
 //! bound. Each queue is FIFO per sender, which gives per-publisher ordering.
 
-use super::owner::OwnerCtx;
-use super::pubsub::Broadcast;
-use crate::channel::{ConnAddr, Topic};
+use crate::core::{Broadcast, ConnAddr, OwnerTask, Topic};
 use std::any::Any;
 use std::sync::Arc;
 
-/// Work to run on a topic's owner shard, with access to that shard's per-topic state.
-pub type OwnerTask = Box<dyn FnOnce(&mut OwnerCtx<'_>) + Send>;
-
 /// A message for one connection's channel (`handle_info`), possibly on another shard.
 pub struct ConnMessage {
+    /// The channel.
     pub to: ConnAddr,
+    /// Its message.
     pub msg: Box<dyn Any + Send>,
 }
 

@@ -15,6 +15,7 @@
 //! wins), so real-time streams never grow the queue with the publish rate.
 
 use super::stream::SharedStream;
+pub use crate::core::Delivery;
 use crate::ops::metrics::ShardMetrics;
 use crate::protocol::websocket::{close_code, encode_close};
 use bytes::{Bytes, BytesMut};
@@ -22,18 +23,6 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::task::{Context, Poll, Waker};
-
-/// How a queued frame may be treated when the subscriber is behind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// Queued in order; never dropped (the connection is closed as a slow consumer instead).
-    Reliable,
-    /// Latest value wins among frames with the same key (game state).
-    Latest(u64),
-    /// At most `max` frames with this key wait in the queue; a new one drops the oldest
-    /// (bounded, lossy streams such as one sender's audio).
-    Budget { key: u64, max: u16 },
-}
 
 /// What [`Outbound::push_with`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,10 +4,13 @@
 
 use super::{Channel, ChannelCtx, HandleIn, Payload};
 
+/// The `echo:*` channel.
 #[derive(Debug, Default)]
 pub struct EchoChannel;
 
 impl Channel for EchoChannel {
+    type Info = ();
+
     fn join(&mut self, _ctx: &mut ChannelCtx<'_>, _payload: Payload) -> Result<Payload, Payload> {
         Ok(Payload::empty())
     }

@@ -3,7 +3,7 @@
 //! every change of a topic's presence happens in one place, in one order.
 
 use super::{Meta, Presences};
-use crate::channel::{ConnAddr, ConnId, OwnerCtx, Payload};
+use crate::core::{ConnAddr, ConnId, OwnerCtx, Payload};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use std::collections::HashMap;
@@ -14,29 +14,29 @@ pub const DIFF_EVENT: &str = "presence_diff";
 pub const STATE_EVENT: &str = "presence_state";
 
 /// Generates `phx_ref`s: unique per process (a random salt and a counter), opaque to clients.
-/// One per shard, in its owner state.
+/// One per shard, in its owner state; the salt comes from the owner's seeded random source.
+#[derive(Default)]
 pub struct RefGen {
-    salt: u64,
+    salt: Option<u64>,
     next: u64,
 }
 
-impl Default for RefGen {
-    fn default() -> Self {
-        let salt = getrandom::u64().unwrap_or_else(|_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
-        RefGen { salt, next: 0 }
-    }
-}
-
 impl RefGen {
-    pub fn next_ref(&mut self) -> String {
+    /// A generator with a known salt.
+    pub fn with_salt(salt: u64) -> RefGen {
+        RefGen {
+            salt: Some(salt),
+            next: 0,
+        }
+    }
+
+    /// The next ref; `seed` is asked once, for the salt.
+    pub fn next_ref(&mut self, seed: impl FnOnce() -> u64) -> String {
+        let salt = *self.salt.get_or_insert_with(seed);
         self.next += 1;
         let mut raw = [0u8; 12];
-        raw[..4].copy_from_slice(&(self.salt as u32).to_be_bytes());
-        raw[4..].copy_from_slice(&(self.next ^ (self.salt >> 32 << 40)).to_be_bytes());
+        raw[..4].copy_from_slice(&(salt as u32).to_be_bytes());
+        raw[4..].copy_from_slice(&(self.next ^ (salt >> 32 << 40)).to_be_bytes());
         URL_SAFE_NO_PAD.encode(raw)
     }
 }
@@ -129,7 +129,7 @@ impl Tracker {
         };
         let had_key =
             self.presences.get(key).is_some() || replaced.as_ref().is_some_and(|l| l.key == key);
-        meta.phx_ref = refs.next_ref();
+        meta.phx_ref = refs.next_ref(|| owner.random_u64());
         self.members.insert(
             addr.conn_id,
             Member {
@@ -177,7 +177,7 @@ impl Tracker {
             return None;
         }
         let was_typing = self.presences.is_typing(&member.key);
-        let new_ref = refs.next_ref();
+        let new_ref = refs.next_ref(|| owner.random_u64());
         let diff =
             self.presences
                 .update(&member.key, &member.phx_ref, new_ref.clone(), move |m| {
@@ -200,15 +200,17 @@ mod tests {
 
     #[test]
     fn refs_are_unique_and_opaque() {
-        let mut g = RefGen::default();
-        let refs: HashSet<String> = (0..10_000).map(|_| g.next_ref()).collect();
+        let mut g = RefGen::with_salt(0x1234_5678_9abc_def0);
+        let refs: HashSet<String> = (0..10_000).map(|_| g.next_ref(|| unreachable!())).collect();
         assert_eq!(refs.len(), 10_000);
         assert!(refs.iter().all(|r| r.len() == 16
             && r.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')));
         let other: HashSet<String> = {
             let mut g2 = RefGen::default();
-            (0..100).map(|_| g2.next_ref()).collect()
+            (0..100)
+                .map(|_| g2.next_ref(|| 0x0fed_cba9_8765_4321))
+                .collect()
         };
         assert!(other.is_disjoint(&refs), "salted per generator");
     }

@@ -3,11 +3,14 @@
 //! messages to the socket state machine and carries out the effects it returns; a writer task
 //! drains the outbound queue.
 
-use super::outbound::{run_writer, Delivery, Limits, Outbound, Pushed};
-use super::stream::SharedStream;
-use crate::channel::ctx::{ConnState, Outbox};
-use crate::channel::socket::{Info, PhoenixSocket};
-use crate::channel::{ConnId, ConnectInfo, Effect};
+use super::interpret::{self, ConnOrigin};
+use super::mailbox::{ConnShared, Mail};
+use super::shard::Shard;
+use super::transport::outbound::{run_writer, Limits, Outbound};
+use super::transport::stream::SharedStream;
+use crate::core::ctx::{ConnState, Outbox, SharedAssigns};
+use crate::core::socket::PhoenixSocket;
+use crate::core::{ConnId, ConnectInfo, Effect};
 use crate::ops::http_endpoints;
 use crate::ops::metrics::ShardMetrics;
 use crate::protocol::http::{
@@ -17,62 +20,11 @@ use crate::protocol::phoenix::{decode_binary, decode_text, Serializer};
 use crate::protocol::websocket::{
     close_code, encode_close, encode_frame, DecoderLimits, FrameKind, WsDecoder, WsEvent,
 };
-use crate::shard::context::Shard;
-use crate::shard::pubsub::{self, Subscriber};
 use bytes::{Buf, BytesMut};
 use glommio::net::TcpStream;
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::io;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::task::{Context, Poll};
-
-/// State shared by a connection's reader, writer, timers and its shard.
-pub struct ConnShared {
-    pub outbound: Rc<Outbound>,
-    mailbox: RefCell<VecDeque<Mail>>,
-    shutdown: Cell<bool>,
-}
-
-/// What waits in a connection's mailbox, in arrival order.
-enum Mail {
-    /// For a channel's `handle_info`.
-    Info(Info),
-    /// A broadcast frame that arrived while mail was pending: it must not overtake that mail
-    /// (an owner's answer to this connection, then its broadcasts, arrive in the owner's order).
-    Frame(bytes::Bytes, Delivery),
-}
-
-impl ConnShared {
-    /// Asks the connection to close with 1001 (server shutting down).
-    pub fn request_shutdown(&self) {
-        self.shutdown.set(true);
-        self.outbound.wake_reader();
-    }
-
-    pub(crate) fn post(&self, info: Info) {
-        self.mailbox.borrow_mut().push_back(Mail::Info(info));
-        self.outbound.wake_reader();
-    }
-
-    /// Queues a broadcast frame to this connection, behind any mail not yet handled.
-    pub fn deliver(&self, frame: bytes::Bytes, delivery: Delivery) -> Pushed {
-        let mut mailbox = self.mailbox.borrow_mut();
-        if mailbox.is_empty() {
-            drop(mailbox);
-            return self.outbound.push_with(frame, delivery);
-        }
-        if self.outbound.is_closing() {
-            return Pushed::Refused;
-        }
-        mailbox.push_back(Mail::Frame(frame, delivery));
-        Pushed::Queued
-    }
-
-    fn next_mail(&self) -> Option<Mail> {
-        self.mailbox.borrow_mut().pop_front()
-    }
-}
 
 /// Serves one accepted TCP connection to the end.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
@@ -172,7 +124,7 @@ fn route(
                 params: head.query,
                 peer: peer.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
             };
-            match shard.app.socket.connect(&info) {
+            match shard.app.connect(&info) {
                 Ok(assigns) => Route::Upgrade {
                     accept,
                     session: Session::Phoenix {
@@ -204,7 +156,7 @@ fn route(
 enum Session {
     Phoenix {
         serializer: Serializer,
-        assigns: crate::channel::Assigns,
+        assigns: SharedAssigns,
     },
     Echo,
 }
@@ -233,11 +185,7 @@ async fn run_session(
         max_bytes: config.outbound.max_queued_bytes,
         batch_frames: config.outbound.write_batch_frames,
     }));
-    let shared = Rc::new(ConnShared {
-        outbound: outbound.clone(),
-        mailbox: RefCell::new(VecDeque::new()),
-        shutdown: Cell::new(false),
-    });
+    let shared = Rc::new(ConnShared::new(outbound.clone()));
     shard.register(conn_id, &shared);
     let metrics = shard.metrics();
     ShardMetrics::inc(&metrics.connections);
@@ -334,6 +282,7 @@ async fn run_session(
             socket.terminate_all(&mut Outbox {
                 effects: &mut conn.effects,
                 arena,
+                now: super::now(),
             })
         });
         conn.run_effects().await;
@@ -387,10 +336,10 @@ async fn next_wake(
         if shared.outbound.failed() {
             return Poll::Ready(Wake::OutboundFailed);
         }
-        if shared.shutdown.get() {
+        if shared.shutdown_requested() {
             return Poll::Ready(Wake::Shutdown);
         }
-        if !shared.mailbox.borrow().is_empty() {
+        if shared.has_mail() {
             return Poll::Ready(Wake::Mail);
         }
         shared.outbound.register_reader(cx.waker());
@@ -447,6 +396,7 @@ impl Conn {
                                 &mut Outbox {
                                     effects: out,
                                     arena,
+                                    now: super::now(),
                                 },
                             )
                         });
@@ -495,6 +445,7 @@ impl Conn {
                             &mut Outbox {
                                 effects: &mut self.effects,
                                 arena,
+                                now: super::now(),
                             },
                         )
                     });
@@ -518,86 +469,23 @@ impl Conn {
         }
     }
 
-    /// Carries out the effects of the last callback, in order.
+    /// Carries out the effects of the last callback, in order (see [`interpret::apply`]).
     async fn run_effects(&mut self) {
         let mut effects = std::mem::take(&mut self.effects);
-        for effect in effects.drain(..) {
-            match effect {
-                Effect::Send(frame) => {
-                    self.shared.outbound.push(frame);
-                }
-                Effect::Broadcast(msg) => pubsub::publish(&self.shard, msg).await,
-                Effect::Subscribe { topic, gated } => {
-                    let serializer = self
-                        .socket
-                        .as_ref()
-                        .map_or(Serializer::V2, |s| s.conn().serializer);
-                    let sub = Subscriber {
-                        conn_id: self.conn_id,
-                        serializer,
-                        conn: self.shared.clone(),
-                        gated: std::cell::Cell::new(gated),
-                    };
-                    // Boxed: rare (joins), and large; keeps every connection's task small.
-                    Box::pin(pubsub::subscribe(&self.shard, topic, sub)).await;
-                }
-                Effect::Unsubscribe(topic) => {
-                    Box::pin(pubsub::unsubscribe(&self.shard, topic, self.conn_id)).await
-                }
-                Effect::Info {
-                    delay: None,
-                    topic,
-                    join_ref,
-                    msg,
-                } => self.shared.post(Info {
-                    topic,
-                    join_ref,
-                    msg,
-                }),
-                Effect::Info {
-                    delay: Some(delay),
-                    topic,
-                    join_ref,
-                    msg,
-                } => {
-                    let target: Weak<ConnShared> = Rc::downgrade(&self.shared);
-                    glommio::spawn_local(async move {
-                        glommio::timer::sleep(delay).await;
-                        if let Some(conn) = target.upgrade() {
-                            conn.post(Info {
-                                topic,
-                                join_ref,
-                                msg,
-                            });
-                        }
-                    })
-                    .detach();
-                }
-                Effect::Close { code, reason } => self.close(code, reason),
-                // Only meaningful inside `join`, where the socket turns it into a gated subscribe.
-                Effect::HoldBroadcasts => {}
-                Effect::RunOnOwner { topic, task } => {
-                    Box::pin(crate::shard::owner::dispatch(&self.shard, topic, task)).await
-                }
-                Effect::Spawn {
-                    topic,
-                    join_ref,
-                    fut,
-                } => {
-                    let target: Weak<ConnShared> = Rc::downgrade(&self.shared);
-                    glommio::spawn_local(async move {
-                        let msg = fut.await;
-                        if let Some(conn) = target.upgrade() {
-                            conn.post(Info {
-                                topic,
-                                join_ref,
-                                msg,
-                            });
-                        }
-                    })
-                    .detach();
-                }
-            }
+        let serializer = self
+            .socket
+            .as_ref()
+            .map_or(Serializer::V2, |s| s.conn().serializer);
+        let mut close = None;
+        let origin = ConnOrigin {
+            conn_id: self.conn_id,
+            serializer,
+            shared: &self.shared,
+            close: &mut close,
+        };
+        interpret::apply(&self.shard, Some(origin), &mut effects).await;
+        if let Some((code, reason)) = close {
+            self.close(code, reason);
         }
         // Back to the shard's pool: an idle connection holds no effect buffer.
         self.shard.recycle_effects(effects);

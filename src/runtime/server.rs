@@ -1,11 +1,11 @@
 //! Starting and stopping the shards.
 
-use super::context::Shard;
-use super::{mesh, pubsub};
-use crate::channel::App;
+use super::shard::Shard;
+use super::transport::listener::accept_loop;
+use super::{connection, inbox, mesh};
+use crate::core::App;
 use crate::ops::config::Config;
 use crate::ops::metrics::Metrics;
-use crate::transport::listener::accept_loop;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -48,7 +48,7 @@ impl Server {
         let mut stop = Vec::with_capacity(count);
         let mut shards = Vec::with_capacity(count);
 
-        for (id, inbox) in inboxes.into_iter().enumerate() {
+        for (id, mesh_inbox) in inboxes.into_iter().enumerate() {
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
             stop.push(stop_tx);
             let placement = match (&cpus, config.pin_shards) {
@@ -80,14 +80,20 @@ impl Server {
                     };
                     let drain_timeout = Duration::from_millis(config.shutdown_timeout_ms);
                     let shard = Rc::new(Shard::new(id, config, app, senders, metrics));
-                    super::owner::set_current_shard(&shard);
-                    glommio::spawn_local(pubsub::run_owner_inbox(shard.clone(), inbox.owner))
+                    glommio::spawn_local(inbox::run_owner_inbox(shard.clone(), mesh_inbox.owner))
                         .detach();
-                    glommio::spawn_local(pubsub::run_delivery_inbox(shard.clone(), inbox.delivery))
-                        .detach();
+                    glommio::spawn_local(inbox::run_delivery_inbox(
+                        shard.clone(),
+                        mesh_inbox.delivery,
+                    ))
+                    .detach();
                     let _ = ready.send(Ok(()));
                     drop(ready);
-                    accept_loop(shard.clone(), listener, stop_rx).await;
+                    let serving = shard.clone();
+                    accept_loop(id, listener, stop_rx, move |stream| {
+                        glommio::spawn_local(connection::serve(serving.clone(), stream)).detach();
+                    })
+                    .await;
                     tracing::debug!(
                         shard = id,
                         connections = shard.connection_count(),

@@ -1,16 +1,14 @@
 //! Per-shard state. Only tasks of this shard touch it (through `Rc`), so plain `RefCell`s do:
 //! no locks anywhere on the message path.
 
-use super::mesh::MeshSenders;
-use super::pubsub::Topics;
-use crate::channel::socket::Info;
-use crate::channel::{App, ConnId, Effect};
+use super::mailbox::ConnShared;
+use super::mesh::{ConnMessage, MeshSenders};
+use super::topics::Topics;
+use crate::core::socket::Info;
+use crate::core::{App, ConnId, Effect, OwnerStates};
 use crate::ops::config::Config;
 use crate::ops::metrics::{Metrics, ShardMetrics};
-use crate::shard::mesh::ConnMessage;
-use crate::transport::connection::ConnShared;
 use bytes::BytesMut;
-use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
@@ -22,20 +20,28 @@ pub const SCRATCH_SIZE: usize = 64 * 1024;
 /// Chunk size of the shard's frame-encoding arena.
 const ARENA_CHUNK: usize = 64 * 1024;
 
+/// One shard's state.
 pub struct Shard {
+    /// This shard's index.
     pub id: usize,
+    /// How many shards there are.
     pub shard_count: usize,
+    /// The server's configuration.
     pub config: Arc<Config>,
+    /// The connect hook and routes.
     pub app: App,
+    /// Senders to every shard's inboxes.
     pub mesh: MeshSenders,
-    pub topics: RefCell<Topics>,
+    /// Local subscribers, and remote interest in the topics this shard owns.
+    pub topics: RefCell<Topics<Rc<ConnShared>>>,
+    /// Owner-side state of the topics this shard owns.
+    pub owner_states: RefCell<OwnerStates>,
     metrics: Arc<Metrics>,
     arena: RefCell<BytesMut>,
     scratch: RefCell<Box<[u8]>>,
     connections: RefCell<HashMap<ConnId, Weak<ConnShared>>>,
     next_conn: Cell<u64>,
     draining: Cell<bool>,
-    states: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
     /// Effect buffers lent to connections while they run a callback.
     effects_pool: RefCell<Vec<Vec<Effect>>>,
     drained_waker: RefCell<Option<std::task::Waker>>,
@@ -56,13 +62,15 @@ impl Shard {
             app,
             mesh,
             topics: RefCell::new(Topics::default()),
+            owner_states: RefCell::new(OwnerStates::new(
+                getrandom::u64().unwrap_or(0x5eed ^ id as u64),
+            )),
             metrics,
             arena: RefCell::new(BytesMut::with_capacity(ARENA_CHUNK)),
             scratch: RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice()),
             connections: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
             draining: Cell::new(false),
-            states: RefCell::new(HashMap::new()),
             effects_pool: RefCell::new(Vec::new()),
             drained_waker: RefCell::new(None),
         }
@@ -120,30 +128,35 @@ impl Shard {
         }
     }
 
-    /// This shard's instance of `T`, created on first use.
-    pub fn state<T: Default + 'static>(&self) -> Rc<RefCell<T>> {
-        let mut states = self.states.borrow_mut();
-        let entry = states
-            .entry(TypeId::of::<T>())
-            .or_insert_with(|| Rc::new(RefCell::new(T::default())) as Rc<dyn Any>);
-        entry
-            .clone()
-            .downcast::<RefCell<T>>()
-            .expect("states are keyed by their type")
+    /// Drops the owner state of `topic` when nothing needs it any more: this shard owns it, no
+    /// shard has subscribers, and no owner work is pending.
+    pub fn release_topic_if_idle(&self, topic: &str) {
+        if self.owner_of(topic) == self.id
+            && self.owner_states.borrow().has_topic_state(topic)
+            && !self.topics.borrow().has_interest(topic)
+        {
+            self.owner_states.borrow_mut().release_if_idle(topic);
+        }
     }
 
     /// Hands a message to a local connection's channel; dropped if the connection is gone.
     pub fn post_to_conn(&self, m: ConnMessage) {
+        self.post_local(m.to, m.msg);
+    }
+
+    /// Hands a message (of the channel's `Info` type) to the channel at `to`, a connection on
+    /// this shard; dropped if it is gone.
+    pub fn post_local(&self, to: crate::core::ConnAddr, msg: Box<dyn std::any::Any>) {
         let conn = self
             .connections
             .borrow()
-            .get(&m.to.conn_id)
+            .get(&to.conn_id)
             .and_then(Weak::upgrade);
         if let Some(conn) = conn {
             conn.post(Info {
-                topic: m.to.topic,
-                join_ref: m.to.join_ref,
-                msg: m.msg,
+                topic: to.topic,
+                join_ref: to.join_ref,
+                msg,
             });
         }
     }

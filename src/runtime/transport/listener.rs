@@ -1,14 +1,16 @@
 //! The accept loop of one shard. Every shard binds the same address (glommio sets SO_REUSEPORT),
 //! so the kernel spreads new connections over the shards and each shard owns what it accepts.
 
-use super::connection;
-use crate::shard::context::Shard;
 use futures_lite::FutureExt;
-use glommio::net::TcpListener;
-use std::rc::Rc;
+use glommio::net::{TcpListener, TcpStream};
 
-/// Accepts connections until `stop` fires (or its sender is dropped).
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: flume::Receiver<()>) {
+/// Accepts connections until `stop` fires (or its sender is dropped), handing each to `serve`.
+pub async fn accept_loop(
+    shard_id: usize,
+    listener: TcpListener,
+    stop: flume::Receiver<()>,
+    serve: impl Fn(TcpStream),
+) {
     enum Next {
         Conn(glommio::Result<glommio::net::TcpStream, ()>),
         Stop,
@@ -21,11 +23,11 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: flume::R
         };
         match accept.or(stopped).await {
             Next::Conn(Ok(stream)) => {
-                glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
+                serve(stream);
             }
             Next::Conn(Err(e)) => {
                 // Out of descriptors or similar: log, and keep serving the connections we have.
-                tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                tracing::warn!(shard = shard_id, error = %e, "accept failed");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
             }
             Next::Stop => return,
