@@ -122,7 +122,7 @@ fn main() -> anyhow::Result<()> {
 mod tests {
     use super::app;
     use serde_json::json;
-    use shardcast::core::testing::TestServer;
+    use shardcast::testing::TestServer;
     use std::time::Duration;
 
     #[test]

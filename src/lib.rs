@@ -9,7 +9,9 @@
 //! - [`ops`]: configuration, metrics and the health/metrics endpoints' bodies.
 //! - [`core`]: the channel core with no runtime under it — the `Channel` trait and its context,
 //!   the one effect language, the Phoenix socket state machine, broadcasts and delivery
-//!   policies, owner tasks and their state, presence, and a [`core::testing`] harness.
+//!   policies, owner tasks and their state, presence.
+//! - [`testing`]: the runtime's test double — runs an app's channels on a virtual clock with no
+//!   socket, for unit tests of channels (the studio's and the built-in ones).
 //! - [`storage`]: the embedded database (SQLite on its own thread, batched transactions).
 //! - [`runtime`]: the only interpreter of effects — glommio shards, the flume mesh, topic tables,
 //!   connection sessions and socket I/O ([`runtime::transport`]).
@@ -22,6 +24,7 @@ pub mod ops;
 pub mod protocol;
 pub mod runtime;
 pub mod storage;
+pub mod testing;
 
 pub use crate::core::{
     App, Channel, ChannelCtx, ConnectInfo, ConnectRefused, HandleIn, Payload, ReplyRef,

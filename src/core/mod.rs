@@ -3,8 +3,8 @@
 //! This layer knows Phoenix channels and nothing about sockets, executors, threads, queues
 //! between shards or the wall clock. Time comes in as a parameter ([`Now`]), randomness from the
 //! caller, and everything a callback asks for comes out as an [`Effect`] in one list, which the
-//! shard runtime ([`crate::runtime`]) is the only one to carry out. The same list is what
-//! [`testing`] shows a studio's unit test.
+//! shard runtime ([`crate::runtime`]) carries out — or, in a studio's unit tests, the
+//! [`testing`](crate::testing) harness, its test double with a virtual clock.
 //!
 //! - [`Channel`]: per-join callbacks `join`, `handle_in`, `handle_info`, `terminate`, with a typed
 //!   mailbox ([`Channel::Info`]).
@@ -29,7 +29,6 @@ pub mod owner;
 pub mod presence;
 mod router;
 pub mod socket;
-pub mod testing;
 pub mod time;
 
 pub use crate::protocol::phoenix::{ByteString, Payload, PayloadError};

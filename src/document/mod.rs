@@ -31,9 +31,9 @@ mod ot;
 mod server;
 #[cfg(test)]
 mod sim;
-mod utf16;
 
 pub use client::{CatchUp, Client, ClientError, ClientState, Outgoing};
-pub use ot::{compose, transform, Chars, Component, OpError, Operation, Unit, MAX_SIMPLE_OPS};
+pub use ot::{
+    compose, transform, Chars, Component, OpError, Operation, Unit, Utf16, MAX_SIMPLE_OPS,
+};
 pub use server::{Applied, Document, DocumentLimits, Logged, Revision, SubmitError};
-pub use utf16::Utf16;

@@ -9,8 +9,8 @@ use ropey::Rope;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::ot::Utf16;
 use super::ot::{transform, Chars, OpError, Operation, Unit};
-use super::utf16::Utf16;
 
 /// Limits of one document; all configurable.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

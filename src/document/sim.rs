@@ -10,9 +10,9 @@ use std::sync::Arc;
 use ropey::Rope;
 
 use super::client::{CatchUp, Client, Outgoing};
+use super::ot::Utf16;
 use super::ot::{compose, Chars, Operation, Unit};
 use super::server::{Document, DocumentLimits, Logged, SubmitError};
-use super::utf16::Utf16;
 
 /// SplitMix64: small, seedable, good enough to drive a simulation.
 struct Rng(u64);

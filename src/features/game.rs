@@ -19,6 +19,7 @@
 //!
 //! Hooks run on the connection's shard inside the callback: they must not block.
 
+use super::fast_path::{check_topic, error_reply, event, policy_key, sender_id, unknown_event};
 use super::voice::{AudioRelay, AudioSettings};
 use crate::core::{Channel, ChannelCtx, ConnId, Delivery, HandleIn, Payload, ReplyStatus};
 use crate::ops::config::Config;
@@ -31,17 +32,6 @@ use std::sync::Arc;
 
 /// Topic prefix this channel is routed at.
 pub const PREFIX: &str = "game:";
-
-/// Event names.
-pub mod event {
-    pub const GAME_STATE: &str = "game_state";
-    pub const GAME_UPDATE: &str = "game_update";
-    pub const AUDIO_DATA: &str = "audio_data";
-    pub const AUDIO_STREAM: &str = "audio_stream";
-    pub const COMPRESSED_DATA: &str = "compressed_data";
-    pub const BULK_UPDATE: &str = "bulk_update";
-    pub const ERROR: &str = "error";
-}
 
 /// What every `game:` channel shares: limits and policies from `[game]`, `[audio]`, `[bulk]`.
 #[derive(Debug, Clone)]
@@ -142,27 +132,6 @@ pub trait GameHook: Send + Sync + 'static {
 pub struct DefaultHook;
 
 impl GameHook for DefaultHook {}
-
-/// FNV-1a over `parts`, the delivery-policy keys of topics and senders.
-pub(crate) fn policy_key(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.iter() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// An error reply `{reason, message}`.
-pub(crate) fn error_reply(reason: &str, message: impl std::fmt::Display) -> HandleIn {
-    HandleIn::error(Payload::json(
-        &json!({ "reason": reason, "message": message.to_string() }),
-    ))
-}
 
 /// One joined `game:` topic.
 pub struct GameChannel {
@@ -276,23 +245,6 @@ fn bulk_error(ctx: &mut ChannelCtx<'_>, reason: &str, message: impl std::fmt::Di
     HandleIn::Reply(ReplyStatus::Error, payload)
 }
 
-/// The socket's user id (its [`Identity`](super::Identity)), or `conn-<id>` for sockets
-/// without one.
-pub(crate) fn sender_id(ctx: &ChannelCtx<'_>) -> Result<String, Payload> {
-    match ctx.assigns::<super::Identity>().map(|i| i.user.id.as_str()) {
-        Some(id) if id.len() <= 1024 => Ok(id.to_string()),
-        Some(_) => Err(super::reason("invalid_user")),
-        None => Ok(format!("conn-{}", ctx.conn_id())),
-    }
-}
-
-/// The topic's id part, 1 to 128 bytes.
-pub(crate) fn check_topic(ctx: &ChannelCtx<'_>, prefix: &str) -> Result<(), Payload> {
-    super::topic_id(ctx.topic(), prefix)
-        .map(|_| ())
-        .ok_or_else(|| super::reason("invalid_topic"))
-}
-
 impl Channel for GameChannel {
     type Info = ();
 
@@ -321,7 +273,7 @@ impl Channel for GameChannel {
                 None => error_reply("not_joined", "join first"),
             },
             event::COMPRESSED_DATA => self.compressed_data(ctx, &payload),
-            _ => super::voice::unknown_event(),
+            _ => unknown_event(),
         }
     }
 }

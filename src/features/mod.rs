@@ -17,6 +17,7 @@ pub mod auth;
 pub mod clock;
 pub mod collaboration;
 pub mod document;
+pub mod fast_path;
 pub mod game;
 pub mod room;
 pub mod uploads;
@@ -107,7 +108,7 @@ pub fn default_app(config: &Config, storage: Storage) -> Result<App, FeatureErro
         })
         .channel("voice:*", {
             let auth = auth.clone();
-            move || Guarded::new(auth.clone(), VoiceChannel::from_game(&game))
+            move || Guarded::new(auth.clone(), VoiceChannel::new(game.audio))
         })
         .channel("uploads:*", {
             let auth = auth.clone();

@@ -10,11 +10,10 @@
 //! default); a newer frame drops the oldest, counted in the `frames_dropped_by_policy` metric and
 //! visible to the client as a gap in `seq`. Other subscribers are not affected.
 
-use super::game::{check_topic, error_reply, event, policy_key, sender_id};
+use super::fast_path::{check_topic, error_reply, event, policy_key, sender_id, unknown_event};
 use crate::core::{Channel, ChannelCtx, Delivery, HandleIn, Payload};
 use crate::ops::config::AudioConfig;
 use crate::protocol::binary::audio::{self, AudioStreamHeader};
-use std::sync::Arc;
 
 /// Topic prefix of the audio-only channel.
 pub const PREFIX: &str = "voice:";
@@ -96,10 +95,6 @@ impl AudioRelay {
     }
 }
 
-pub(crate) fn unknown_event() -> HandleIn {
-    HandleIn::error(super::reason("unknown_event"))
-}
-
 /// One joined `voice:` topic: audio only.
 pub struct VoiceChannel {
     settings: AudioSettings,
@@ -112,11 +107,6 @@ impl VoiceChannel {
             settings,
             relay: None,
         }
-    }
-
-    /// From shared game settings (the `[audio]` section).
-    pub fn from_game(settings: &Arc<super::game::GameSettings>) -> VoiceChannel {
-        VoiceChannel::new(settings.audio)
     }
 }
 

@@ -33,7 +33,7 @@
 mod owner;
 
 use super::auth::{authorize_join, Authenticator, Identity, JoinDenied};
-use super::game::error_reply;
+use super::fast_path::error_reply;
 use super::{params, reason, topic_id};
 use crate::core::{Channel, ChannelCtx, HandleIn, HandleInfo, Payload, ReplyRef, ReplyStatus};
 use crate::ops::config::{Config, UploadsConfig};

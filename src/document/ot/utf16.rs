@@ -4,7 +4,7 @@
 
 use ropey::Rope;
 
-use super::ot::{Chars, Component, OpError, Operation, Unit};
+use super::{Chars, Component, OpError, Operation, Unit};
 
 /// UTF-16 code units.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

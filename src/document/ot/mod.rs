@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use super::utf16::Utf16;
+mod utf16;
+pub use utf16::Utf16;
 
 /// One step of an [`Operation`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use serde_json::json;
-//! use shardcast::core::testing::TestServer;
+//! use shardcast::testing::TestServer;
 //! use shardcast::core::App;
 //!
 //! let mut server = TestServer::new(App::default()); // echo:*
@@ -28,10 +28,10 @@
 //! other threads, such as the storage thread); they must not need a glommio executor. Time only
 //! moves with [`TestServer::advance`].
 
-use super::ctx::{ConnState, Outbox, SharedAssigns};
-use super::effect::LocalFuture;
-use super::socket::{Info, PhoenixSocket};
-use super::{
+use crate::core::ctx::{ConnState, Outbox, SharedAssigns};
+use crate::core::effect::LocalFuture;
+use crate::core::socket::{Info, PhoenixSocket};
+use crate::core::{
     App, Broadcast, ConnAddr, ConnId, ConnectInfo, ConnectRefused, Effect, Now, OwnerCtx,
     OwnerStates, OwnerTask, Payload, Then, Topic,
 };
