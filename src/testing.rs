@@ -713,3 +713,244 @@ fn reply_in(frames: Vec<Frame>, msg_ref: &str) -> Frame {
         .find(|f| f.msg_ref() == Some(msg_ref) && f.status().is_some())
         .unwrap_or_else(Frame::none)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The Phoenix socket state machine and the owner-task machinery, through the harness.
+    use super::TestServer;
+    use crate::core::echo::EchoChannel;
+    use crate::core::{
+        AllowAll, App, Channel, ChannelCtx, HandleIn, HandleInfo, OwnerCtx, Payload, Router,
+        TerminateReason,
+    };
+    use serde_json::{json, Value};
+    use std::time::Duration;
+
+    /// A channel exercising every callback.
+    #[derive(Default)]
+    struct Probe;
+
+    enum ProbeInfo {
+        Later(u32),
+        Counted(u64),
+    }
+
+    #[derive(Default)]
+    struct Joins(u64);
+
+    fn count_join(owner: &mut OwnerCtx<'_>, to: crate::core::Addr<ProbeInfo>) {
+        let joins = owner.topic_state::<Joins>();
+        let n = {
+            let mut j = joins.borrow_mut();
+            j.0 += 1;
+            j.0
+        };
+        owner.send(&to, ProbeInfo::Counted(n));
+    }
+
+    impl Channel for Probe {
+        type Info = ProbeInfo;
+
+        fn join(
+            &mut self,
+            ctx: &mut ChannelCtx<'_, ProbeInfo>,
+            p: Payload,
+        ) -> Result<Payload, Payload> {
+            let p: Value = p.parse().unwrap_or(Value::Null);
+            if p["refuse"] == json!(true) {
+                return Err(Payload::json(&json!({"reason": "refused"})));
+            }
+            let to = ctx.address();
+            ctx.run_on_owner(move |owner| count_join(owner, to));
+            Ok(Payload::json(&json!({"joined": true})))
+        }
+
+        fn handle_in(
+            &mut self,
+            ctx: &mut ChannelCtx<'_, ProbeInfo>,
+            event: &str,
+            _p: Payload,
+        ) -> HandleIn {
+            match event {
+                "later" => {
+                    ctx.send_after(Duration::from_millis(500), ProbeInfo::Later(1));
+                    HandleIn::NoReply
+                }
+                "crash" => panic!("crash requested"),
+                "stop" => HandleIn::Stop(None),
+                "close" => {
+                    ctx.close_socket(4000, "asked");
+                    HandleIn::ok(Payload::empty())
+                }
+                _ => HandleIn::error_reason("unknown event"),
+            }
+        }
+
+        fn handle_info(
+            &mut self,
+            ctx: &mut ChannelCtx<'_, ProbeInfo>,
+            msg: ProbeInfo,
+        ) -> HandleInfo {
+            let (event, n) = match msg {
+                ProbeInfo::Later(n) => ("later", u64::from(n)),
+                ProbeInfo::Counted(n) => ("counted", n),
+            };
+            match ctx.push(event, &Payload::json(&json!({ "n": n }))) {
+                Ok(()) => HandleInfo::Continue,
+                Err(_) => HandleInfo::Stop,
+            }
+        }
+
+        fn terminate(&mut self, ctx: &mut ChannelCtx<'_, ProbeInfo>, reason: TerminateReason) {
+            ctx.broadcast(
+                "gone",
+                &Payload::json(&json!({"why": format!("{reason:?}")})),
+            );
+        }
+    }
+
+    fn server() -> TestServer {
+        TestServer::new(App::new(
+            AllowAll,
+            Router::new()
+                .channel("probe:*", Probe::default)
+                .channel("echo:*", EchoChannel::default),
+        ))
+    }
+
+    #[test]
+    fn heartbeat_and_unmatched_topics_get_phoenix_replies() {
+        let mut s = server();
+        let c = s.connect(&[]).unwrap();
+        let frames = s.send(c, None, Some("9"), "phoenix", "heartbeat", Payload::empty());
+        assert_eq!(frames.len(), 1);
+        assert_eq!(
+            (frames[0].topic(), frames[0].status()),
+            ("phoenix", Some("ok"))
+        );
+        // A push on a topic not joined, and a join with no route.
+        let r = s.push(c, "probe:1", "later", json!({}));
+        assert_eq!(r.response(), json!({"reason": "unmatched topic"}));
+        let r = s.join(c, "nowhere", json!({}));
+        assert_eq!(
+            (r.status(), r.response()),
+            (Some("error"), json!({"reason": "unmatched topic"}))
+        );
+    }
+
+    #[test]
+    fn join_refusal_stop_crash_and_leave_follow_phoenix() {
+        let mut s = server();
+        let c = s.connect(&[]).unwrap();
+        let r = s.join(c, "probe:1", json!({"refuse": true}));
+        assert_eq!(r.response(), json!({"reason": "refused"}));
+        assert!(!s.is_subscribed(c, "probe:1"));
+
+        assert_eq!(s.join(c, "probe:1", json!({})).status(), Some("ok"));
+        assert!(s.is_subscribed(c, "probe:1"));
+        // The owner's answer arrives in handle_info, after the reply.
+        let counted = s.received_events(c, "counted");
+        assert_eq!(counted[0].json_payload(), Some(json!({"n": 1})));
+
+        // Joining again replaces the join: the old one is closed (phx_close, old join ref).
+        let old_ref = s
+            .received(c)
+            .iter()
+            .rev()
+            .find(|f| f.status() == Some("ok"))
+            .unwrap()
+            .join_ref
+            .clone();
+        s.join(c, "probe:1", json!({}));
+        let closes = s.received_events(c, "phx_close");
+        assert_eq!(closes.last().unwrap().join_ref, old_ref);
+        assert_eq!(
+            s.published().last().unwrap().json_payload(),
+            Some(json!({"why": "Duplicate"}))
+        );
+
+        // A crash: phx_error, unsubscribed, terminate(Crashed) still runs.
+        s.take_received(c);
+        s.push(c, "probe:1", "crash", json!({}));
+        assert_eq!(s.received_events(c, "phx_error").len(), 1);
+        assert!(!s.is_subscribed(c, "probe:1"));
+        assert_eq!(
+            s.published().last().unwrap().json_payload(),
+            Some(json!({"why": "Crashed"}))
+        );
+
+        // Stop from handle_in: phx_close; leave: ok reply then phx_close.
+        s.join(c, "probe:2", json!({}));
+        s.take_received(c);
+        s.push(c, "probe:2", "stop", json!({}));
+        assert_eq!(s.received_events(c, "phx_close").len(), 1);
+        s.join(c, "probe:3", json!({}));
+        assert_eq!(s.leave(c, "probe:3").status(), Some("ok"));
+        assert!(!s.is_subscribed(c, "probe:3"));
+    }
+
+    #[test]
+    fn timers_run_on_the_virtual_clock_and_die_with_their_join() {
+        let mut s = server();
+        let c = s.connect(&[]).unwrap();
+        s.join(c, "probe:1", json!({}));
+        s.push(c, "probe:1", "later", json!({}));
+        s.advance(Duration::from_millis(499));
+        assert!(s.received_events(c, "later").is_empty());
+        s.advance(Duration::from_millis(1));
+        assert_eq!(s.received_events(c, "later").len(), 1);
+        // A timer whose join was left is dropped.
+        s.push(c, "probe:1", "later", json!({}));
+        s.leave(c, "probe:1");
+        s.advance(Duration::from_secs(1));
+        assert_eq!(s.received_events(c, "later").len(), 1);
+        assert_eq!(s.pending_timers(), 0);
+    }
+
+    #[test]
+    fn per_topic_owner_state_lives_while_the_topic_has_subscribers() {
+        let mut s = server();
+        let (a, b) = (s.connect(&[]).unwrap(), s.connect(&[]).unwrap());
+        s.join(a, "probe:1", json!({}));
+        s.join(b, "probe:1", json!({}));
+        assert_eq!(
+            s.received_events(b, "counted")[0].json_payload(),
+            Some(json!({"n": 2}))
+        );
+        assert!(s.owner_states().has_topic_state("probe:1"));
+        s.leave(a, "probe:1");
+        assert!(
+            s.owner_states().has_topic_state("probe:1"),
+            "b is still there"
+        );
+        s.disconnect(b);
+        assert!(!s.owner_states().has_topic_state("probe:1"));
+        // A new life starts from scratch.
+        s.join(a, "probe:1", json!({}));
+        let counted = s.received_events(a, "counted");
+        assert_eq!(
+            counted.last().unwrap().json_payload(),
+            Some(json!({"n": 1}))
+        );
+    }
+
+    #[test]
+    fn broadcasts_reach_every_subscriber_and_callbacks_can_close_the_socket() {
+        let mut s = server();
+        let (a, b) = (s.connect(&[]).unwrap(), s.connect(&[]).unwrap());
+        s.join(a, "echo:1", json!({}));
+        s.join(b, "echo:1", json!({}));
+        s.push(a, "echo:1", "broadcast", json!({"x": 1}));
+        for c in [a, b] {
+            assert_eq!(s.received_events(c, "broadcast").len(), 1);
+        }
+        let binary = Payload::Binary(bytes::Bytes::from_static(b"\x01\x02"));
+        let r = s.push_payload(a, "echo:1", "echo", binary.clone());
+        assert_eq!((r.status(), &r.payload), (Some("ok"), &binary));
+        s.push(a, "probe:9", "close", json!({}));
+        assert_eq!(s.closed(a), None, "not joined: unmatched, nothing closed");
+        s.join(a, "probe:9", json!({}));
+        s.push(a, "probe:9", "close", json!({}));
+        assert_eq!(s.closed(a), Some((4000, "asked")));
+    }
+}

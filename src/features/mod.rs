@@ -202,3 +202,6 @@ impl SessionWrite {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -195,8 +195,13 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
-    use super::RefGen;
+    use super::{RefGen, Tracker, DIFF_EVENT};
+    use crate::core::presence::Meta;
+    use crate::core::{ConnAddr, Effect, Now, OwnerCtx, OwnerStates, Topic};
+    use bytes::BytesMut;
+    use serde_json::{json, Map, Value};
     use std::collections::HashSet;
+    use std::time::Instant;
 
     #[test]
     fn refs_are_unique_and_opaque() {
@@ -213,5 +218,121 @@ mod tests {
                 .collect()
         };
         assert!(other.is_disjoint(&refs), "salted per generator");
+    }
+
+    fn meta(name: &str) -> Meta {
+        Meta {
+            phx_ref: String::new(),
+            name: name.into(),
+            status: "online".into(),
+            typing: false,
+            joined_at: "2024-01-01T00:00:00.000Z".into(),
+            extra: Map::new(),
+        }
+    }
+
+    fn addr(conn: u64) -> ConnAddr {
+        ConnAddr {
+            conn_id: conn,
+            topic: Topic::from("room:1"),
+            join_ref: "1".into(),
+        }
+    }
+
+    /// Runs `f` as an owner task and returns the `presence_diff`s it broadcast.
+    fn owner_task(states: &mut OwnerStates, f: impl FnOnce(&mut OwnerCtx<'_>)) -> Vec<Value> {
+        let topic = Topic::from("room:1");
+        let (mut effects, mut arena) = (Vec::new(), BytesMut::new());
+        let now = Now {
+            instant: Instant::now(),
+            unix_ms: 0,
+        };
+        f(&mut OwnerCtx::new(
+            &topic,
+            0,
+            now,
+            states,
+            &mut effects,
+            &mut arena,
+        ));
+        effects
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Broadcast(b) if b.event == DIFF_EVENT => b.payload.parse().ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tracks_connections_of_a_user_and_announces_first_and_last() {
+        let mut states = OwnerStates::new(7);
+        let (mut tracker, mut refs) = (Tracker::default(), RefGen::default());
+        let mut first = None;
+        let diffs = owner_task(&mut states, |o| {
+            first = tracker.join(o, &mut refs, addr(1), "u1", meta("Ada"), 10);
+        });
+        assert!(first.unwrap().first_of_key);
+        assert_eq!(diffs.len(), 1);
+        let tab1 = diffs[0]["joins"]["u1"]["metas"][0]["phx_ref"].clone();
+        assert_eq!(diffs[0]["leaves"], json!({}));
+
+        // A second tab of the same user: not the first of its key.
+        let mut second = None;
+        owner_task(&mut states, |o| {
+            second = tracker.join(o, &mut refs, addr(2), "u1", meta("Ada"), 10);
+        });
+        assert!(!second.unwrap().first_of_key);
+        assert_eq!(tracker.presences().get("u1").unwrap().metas.len(), 2);
+
+        // Full: a third connection is refused, nothing broadcast.
+        let mut full = Some(());
+        let diffs = owner_task(&mut states, |o| {
+            full = tracker
+                .join(o, &mut refs, addr(3), "u2", meta("Bo"), 2)
+                .map(|_| ());
+        });
+        assert!(full.is_none() && diffs.is_empty());
+
+        // Leaves: the first tab's meta leaves with its own ref; the user stays until the last.
+        let mut left = None;
+        let diffs = owner_task(&mut states, |o| left = tracker.leave(o, 1));
+        assert!(!left.unwrap().last_of_key);
+        assert_eq!(diffs[0]["leaves"]["u1"]["metas"][0]["phx_ref"], tab1);
+        let mut left = None;
+        owner_task(&mut states, |o| left = tracker.leave(o, 2));
+        assert!(left.unwrap().last_of_key);
+        assert!(tracker.is_empty());
+        // Unknown connections leave nothing.
+        assert!(owner_task(&mut states, |o| assert!(tracker.leave(o, 9).is_none())).is_empty());
+    }
+
+    #[test]
+    fn a_meta_change_is_a_leave_and_a_join_with_a_new_ref() {
+        let mut states = OwnerStates::new(7);
+        let (mut tracker, mut refs) = (Tracker::default(), RefGen::default());
+        owner_task(&mut states, |o| {
+            tracker.join(o, &mut refs, addr(1), "u1", meta("Ada"), 10);
+        });
+        let before = tracker.member(1).unwrap().phx_ref.clone();
+        let mut updated = None;
+        let diffs = owner_task(&mut states, |o| {
+            updated = tracker.update(o, &mut refs, 1, |m| m.typing = true);
+        });
+        assert_eq!(updated.unwrap().typing_now, Some(true));
+        assert_eq!(
+            diffs[0]["leaves"]["u1"]["metas"][0]["phx_ref"],
+            json!(before)
+        );
+        let after = diffs[0]["joins"]["u1"]["metas"][0]["phx_ref"].clone();
+        assert_ne!(after, json!(before));
+        assert_eq!(diffs[0]["joins"]["u1"]["metas"][0]["typing"], json!(true));
+        // No change, no diff.
+        let diffs = owner_task(&mut states, |o| {
+            assert!(tracker
+                .update(o, &mut refs, 1, |m| m.typing = true)
+                .is_none());
+        });
+        assert!(diffs.is_empty());
     }
 }
