@@ -22,8 +22,8 @@ use serde_json::json;
 use shardcast::document::{
     Chars, Client, Document, DocumentLimits, Operation, Revision, Unit, Utf16,
 };
-use shardcast::features::document::store::{DocumentStoreThread, LogEntry};
 use shardcast::ops::config::DocumentsConfig;
+use shardcast::storage::documents::{DocumentStoreThread, LogEntry};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

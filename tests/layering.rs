@@ -16,7 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("document", &["protocol"]),
     ("ops", &["protocol"]),
     ("core", &["protocol"]),
-    ("storage", &["ops"]),
+    ("storage", &["ops", "document"]),
     ("testing", &["core", "protocol"]),
     ("runtime", &["core", "protocol", "ops"]),
     (

@@ -10,44 +10,33 @@
 //! A full queue is not waited on: the call fails at once with [`StorageError::Overloaded`], so a
 //! burst sheds load at the edge instead of growing queues without bound.
 
+pub mod documents;
 mod schema;
 pub mod worker;
 
 use crate::ops::config::StorageConfig;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
+use std::path::Path;
 
 /// Storage errors, as the library reports them.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("cannot open database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error("cannot create directory {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("database {path} has schema version {found}; this build supports up to {supported}")]
-    SchemaTooNew {
-        path: PathBuf,
-        found: i64,
-        supported: i64,
-    },
+    /// The store could not start.
+    #[error(transparent)]
+    Start(#[from] worker::OpenError),
+    /// A statement failed.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The batch holding the request did not commit.
     #[error("commit failed: {0}")]
     Commit(String),
+    /// The queue is full: shed at the edge.
     #[error("storage queue is full")]
     Overloaded,
+    /// The thread is gone.
     #[error("storage thread is not running")]
     Closed,
-    #[error("cannot start the storage thread: {0}")]
-    Spawn(std::io::Error),
 }
 
 /// A room's row.
@@ -242,66 +231,43 @@ impl Storage {
 /// The running storage thread. [`StorageThread::stop`] (or drop) finishes what is queued and
 /// joins it.
 pub struct StorageThread {
-    storage: Storage,
-    join: Option<JoinHandle<()>>,
-    path: PathBuf,
+    thread: worker::SqliteThread<Request>,
 }
 
 impl StorageThread {
     /// Opens (creating and migrating) the database at `config.database_path(data_dir)` and
     /// starts the thread. Errors opening the database are reported here, not later.
     pub fn start(config: &StorageConfig, data_dir: &Path) -> Result<StorageThread, StorageError> {
-        let path = config.database_path(data_dir);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StorageError::Dir {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        let mut conn = Connection::open(&path).map_err(|source| StorageError::Open {
-            path: path.clone(),
-            source,
-        })?;
-        schema::prepare(&mut conn, &path, &config.synchronous)?;
-        let (tx, rx) = flume::bounded(config.queue_capacity);
-        let max_batch = config.max_batch;
-        let join = std::thread::Builder::new()
-            .name("storage".into())
-            .spawn(move || worker::serve("storage", conn, rx, max_batch, ()))
-            .map_err(StorageError::Spawn)?;
-        tracing::info!(path = %path.display(), "storage started");
-        Ok(StorageThread {
-            storage: Storage { tx },
-            join: Some(join),
-            path,
-        })
+        let db = worker::Database {
+            name: "storage",
+            path: config.database_path(data_dir),
+            sync: worker::Sync::from_config(&config.synchronous),
+            migrations: schema::MIGRATIONS,
+        };
+        let queue = flume::bounded(config.queue_capacity);
+        let thread = worker::SqliteThread::start(db, queue, config.max_batch, ())?;
+        Ok(StorageThread { thread })
     }
 
+    /// The handle shards use.
     pub fn handle(&self) -> Storage {
-        self.storage.clone()
+        Storage {
+            tx: self.thread.sender().clone(),
+        }
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.thread.path()
     }
 
     /// Answers everything queued before this call, checkpoints the WAL and ends the thread.
-    pub fn stop(mut self) -> Result<(), StorageError> {
-        self.stop_inner()
-    }
-
-    fn stop_inner(&mut self) -> Result<(), StorageError> {
-        let Some(join) = self.join.take() else {
-            return Ok(());
-        };
-        let _ = self.storage.tx.send(Request::Shutdown);
-        join.join().map_err(|_| StorageError::Closed)
-    }
-}
-
-impl Drop for StorageThread {
-    fn drop(&mut self) {
-        let _ = self.stop_inner();
+    pub fn stop(self) -> Result<(), StorageError> {
+        if self.thread.stop() {
+            Ok(())
+        } else {
+            Err(StorageError::Closed)
+        }
     }
 }
 
@@ -321,6 +287,10 @@ fn defer<T: Send + 'static>(reply: Reply<T>, result: Result<T, rusqlite::Error>)
 
 impl worker::Job for Request {
     type Ctx = ();
+
+    fn shutdown() -> Self {
+        Request::Shutdown
+    }
 
     fn is_shutdown(&self) -> bool {
         matches!(self, Request::Shutdown)
@@ -502,6 +472,7 @@ fn recent_messages(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn config() -> StorageConfig {
         StorageConfig::default()
@@ -595,7 +566,7 @@ mod tests {
         std::fs::create_dir_all(d.join("shardcast.db")).unwrap();
         assert!(matches!(
             StorageThread::start(&config(), &d),
-            Err(StorageError::Open { .. })
+            Err(StorageError::Start(worker::OpenError::Open { .. }))
         ));
         std::fs::remove_dir_all(&d).unwrap();
     }

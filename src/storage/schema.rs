@@ -1,12 +1,5 @@
-//! Connection settings and the schema, versioned with `PRAGMA user_version`.
-
-use super::StorageError;
-use rusqlite::Connection;
-use std::path::Path;
-use std::time::Duration;
-
-/// The schema version this build writes.
-pub const VERSION: i64 = 1;
+//! The rooms store's schema, versioned with `PRAGMA user_version` (applied by
+//! [`super::worker::SqliteThread`]).
 
 const V1: &str = "
 CREATE TABLE rooms (
@@ -34,44 +27,5 @@ CREATE TABLE user_sessions (
 );
 ";
 
-/// Sets WAL mode and `synchronous`, then creates or checks the schema.
-pub fn prepare(conn: &mut Connection, path: &Path, synchronous: &str) -> Result<(), StorageError> {
-    let open_err = |source| StorageError::Open {
-        path: path.to_owned(),
-        source,
-    };
-    match setup(conn, synchronous).map_err(open_err)? {
-        0 => {
-            let tx = conn.transaction().map_err(open_err)?;
-            tx.execute_batch(V1).map_err(open_err)?;
-            tx.execute_batch(&format!("PRAGMA user_version = {VERSION}"))
-                .map_err(open_err)?;
-            tx.commit().map_err(open_err)
-        }
-        VERSION => Ok(()),
-        found => Err(StorageError::SchemaTooNew {
-            path: path.to_owned(),
-            found,
-            supported: VERSION,
-        }),
-    }
-}
-
-/// Connection settings; returns the schema version found.
-fn setup(conn: &mut Connection, synchronous: &str) -> Result<i64, rusqlite::Error> {
-    // Someone inspecting the file with the sqlite3 shell must not make writes fail at once.
-    conn.busy_timeout(Duration::from_secs(5))?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(mode, "database is not in WAL mode");
-    }
-    let sync = if synchronous == "normal" {
-        "NORMAL"
-    } else {
-        "FULL"
-    };
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"
-    ))?;
-    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
-}
+/// The migrations, in order (see [`super::worker::Database::migrations`]).
+pub const MIGRATIONS: &[&str] = &[V1];

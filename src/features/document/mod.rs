@@ -28,21 +28,20 @@
 //! differ). See `docs/PROTOCOL.md`.
 //!
 //! The document lives on its topic's owner shard ([`owner`]); its durable log in its own SQLite
-//! database ([`store`]).
+//! database ([`crate::storage::documents`]).
 
 pub mod owner;
-pub mod store;
 
 use super::auth::{authorize_join, Authenticator, Identity, JoinDenied, User};
 use super::{params, reason, topic_id};
 use crate::core::{Channel, ChannelCtx, HandleIn, HandleInfo, Payload, TerminateReason};
 use crate::document::DocumentLimits;
 use crate::ops::config::{Config, DocumentsConfig};
+pub use crate::storage::documents::{DocumentStore, DocumentStoreThread, StoreError};
 use owner::{JoinRequest, Offsets, OpRequest, ToChannel};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
-pub use store::{DocumentStore, DocumentStoreThread, StoreError};
 
 /// Topic prefix this channel is routed at.
 pub const PREFIX: &str = "document:";

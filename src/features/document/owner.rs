@@ -12,12 +12,12 @@
 //! whose append fails is dropped from memory (the next use reloads what is stored) and its
 //! subscribers are told to resync.
 
-use super::store::{LogEntry, StoreError, StoredDocument};
 use super::{doc_id, DocumentServices};
 use crate::core::{Addr, ConnId, OwnerCtx, Payload, ReplyRef, ReplyStatus, Topic};
 use crate::document::{
     Applied, Chars, Document, Logged, OpError, Operation, SubmitError, Unit, Utf16,
 };
+use crate::storage::documents::{LogEntry, StoreError, StoredDocument};
 use ropey::Rope;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};

@@ -19,16 +19,14 @@
 //! `v - 1`. After a failed append every later one of that document fails too, until the owner
 //! reloads the document from what is stored.
 
+use super::worker::{self, Deferred};
 use crate::document::{Chars, Operation, Revision};
 use crate::ops::config::DocumentsConfig;
-use crate::storage::worker::{self, Deferred};
 use ropey::Rope;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::path::Path;
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
@@ -61,22 +59,8 @@ CREATE TABLE snapshots (
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot create directory {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot open documents database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error("documents database {path} has schema version {found}; this build supports up to {supported}")]
-    SchemaTooNew {
-        path: PathBuf,
-        found: i64,
-        supported: i64,
-    },
+    #[error(transparent)]
+    Start(#[from] worker::OpenError),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("commit failed: {0}")]
@@ -97,8 +81,6 @@ pub enum StoreError {
     Missing(String),
     #[error("the document store is not running")]
     Closed,
-    #[error("cannot start the document store thread: {0}")]
-    Spawn(std::io::Error),
 }
 
 /// One logged operation with who made it.
@@ -243,14 +225,13 @@ impl DocumentStore {
 /// checkpoints the WAL and joins it.
 pub struct DocumentStoreThread {
     store: DocumentStore,
-    join: Option<JoinHandle<()>>,
-    path: PathBuf,
+    thread: worker::SqliteThread<Request>,
 }
 
 impl std::fmt::Debug for DocumentStoreThread {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DocumentStoreThread")
-            .field("path", &self.path)
+            .field("path", &self.thread.path())
             .field("store", &self.store)
             .finish()
     }
@@ -260,44 +241,35 @@ impl DocumentStoreThread {
     /// Opens (creating and migrating) `config.database_path(data_dir)` and starts the thread.
     /// Errors opening the database are reported here.
     pub fn start(config: &DocumentsConfig, data_dir: &Path) -> Result<Self, StoreError> {
-        let path = config.database_path(data_dir);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        let mut conn = Connection::open(&path).map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-        })?;
-        prepare(&mut conn, &path, &config.synchronous)?;
-        let (tx, rx) = flume::unbounded();
+        let db = worker::Database {
+            name: "documents",
+            path: config.database_path(data_dir),
+            sync: worker::Sync::from_config(&config.synchronous),
+            migrations: &[SCHEMA_V1],
+        };
         let settings = Settings {
-            max_batch: config.max_batch,
             history: config.history as u64,
         };
-        let join = std::thread::Builder::new()
-            .name("documents".into())
-            .spawn(move || worker::serve("documents", conn, rx, settings.max_batch, settings))
-            .map_err(StoreError::Spawn)?;
-        tracing::info!(path = %path.display(), "document store started");
+        // Unbounded: see `DocumentStore::is_overloaded` for the bound.
+        let thread =
+            worker::SqliteThread::start(db, flume::unbounded(), config.max_batch, settings)?;
         Ok(DocumentStoreThread {
             store: DocumentStore {
-                tx,
+                tx: thread.sender().clone(),
                 capacity: config.queue_capacity,
             },
-            join: Some(join),
-            path,
+            thread,
         })
     }
 
+    /// The handle owners use.
     pub fn handle(&self) -> DocumentStore {
         self.store.clone()
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.thread.path()
     }
 
     /// The ids of every stored document, waiting for the answer: for startup, never on a shard.
@@ -311,71 +283,17 @@ impl DocumentStoreThread {
     }
 
     /// Answers everything queued before this call, checkpoints the WAL and ends the thread.
-    pub fn stop(mut self) -> Result<(), StoreError> {
-        self.stop_inner()
-    }
-
-    fn stop_inner(&mut self) -> Result<(), StoreError> {
-        let Some(join) = self.join.take() else {
-            return Ok(());
-        };
-        let _ = self.store.tx.send(Request::Shutdown);
-        join.join().map_err(|_| StoreError::Closed)
-    }
-}
-
-impl Drop for DocumentStoreThread {
-    fn drop(&mut self) {
-        if let Err(e) = self.stop_inner() {
-            tracing::error!(error = %e, "document store did not stop cleanly");
+    pub fn stop(self) -> Result<(), StoreError> {
+        if self.thread.stop() {
+            Ok(())
+        } else {
+            Err(StoreError::Closed)
         }
-    }
-}
-
-/// Sets WAL mode and `synchronous`, then creates or checks the schema.
-fn prepare(conn: &mut Connection, path: &Path, synchronous: &str) -> Result<(), StoreError> {
-    let open_err = |source| StoreError::Open {
-        path: path.to_owned(),
-        source,
-    };
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(open_err)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(open_err)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(mode, "documents database is not in WAL mode");
-    }
-    let sync = if synchronous == "normal" {
-        "NORMAL"
-    } else {
-        "FULL"
-    };
-    conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))
-        .map_err(open_err)?;
-    let found: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(open_err)?;
-    match found {
-        0 => {
-            let tx = conn.transaction().map_err(open_err)?;
-            tx.execute_batch(SCHEMA_V1).map_err(open_err)?;
-            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
-                .map_err(open_err)?;
-            tx.commit().map_err(open_err)
-        }
-        SCHEMA_VERSION => Ok(()),
-        found => Err(StoreError::SchemaTooNew {
-            path: path.to_owned(),
-            found,
-            supported: SCHEMA_VERSION,
-        }),
     }
 }
 
 #[derive(Clone, Copy)]
 struct Settings {
-    max_batch: usize,
     history: u64,
 }
 
@@ -392,6 +310,10 @@ fn defer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> D
 
 impl worker::Job for Request {
     type Ctx = Settings;
+
+    fn shutdown() -> Self {
+        Request::Shutdown
+    }
 
     fn is_shutdown(&self) -> bool {
         matches!(self, Request::Shutdown)
@@ -426,7 +348,7 @@ fn in_savepoint<T>(
 }
 
 fn execute(tx: &mut Transaction<'_>, req: Request, settings: Settings) -> Deferred {
-    let now = crate::features::clock::now_ms();
+    let now = worker::unix_now_ms();
     match req {
         Request::Load { doc, create, reply } => defer(
             reply,
@@ -650,6 +572,7 @@ fn ids(c: &Connection) -> Result<HashSet<String>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     struct Dir(PathBuf);
 
