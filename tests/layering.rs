@@ -21,7 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("runtime", &["core", "protocol", "ops"]),
     (
         "features",
-        &["core", "protocol", "document", "ops", "storage"],
+        &["core", "protocol", "document", "ops", "storage", "testing"],
     ),
 ];
 
