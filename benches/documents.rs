@@ -22,7 +22,7 @@ use serde_json::json;
 use shardcast::document::{
     Chars, Client, Document, DocumentLimits, Operation, Revision, Unit, Utf16,
 };
-use shardcast::ops::config::DocumentsConfig;
+use shardcast::ops::config::{DocumentsConfig, Synchronous};
 use shardcast::storage::documents::{DocumentStoreThread, LogEntry};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -261,10 +261,10 @@ fn owner_pipeline() {
 
 fn durable_log() {
     let dir = std::env::temp_dir().join(format!("shardcast-bench-docs-{}", std::process::id()));
-    for sync in ["normal", "full"] {
+    for sync in [Synchronous::Normal, Synchronous::Full] {
         let _ = std::fs::remove_dir_all(&dir);
         let config = DocumentsConfig {
-            synchronous: sync.into(),
+            synchronous: sync,
             ..DocumentsConfig::default()
         };
         let thread = DocumentStoreThread::start(&config, &dir).expect("store starts");
@@ -297,7 +297,7 @@ fn durable_log() {
             })
             .expect("appended");
         }
-        report(&format!("durable log, one at a time ({sync})"), &h, total);
+        report(&format!("durable log, one at a time ({sync:?})"), &h, total);
         // Pipelined: many operations in flight, committed in batched transactions.
         let (mut h, mut total) = (histogram(), Duration::ZERO);
         for _ in 0..100 {
@@ -317,7 +317,11 @@ fn durable_log() {
             let per_op = (took.as_nanos() as u64 / 1000).max(1);
             h.record_n(per_op, 1000).expect("in bounds");
         }
-        report(&format!("durable log, 1000 in flight ({sync})"), &h, total);
+        report(
+            &format!("durable log, 1000 in flight ({sync:?})"),
+            &h,
+            total,
+        );
         thread.stop().expect("store stops");
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -17,12 +17,16 @@
 //!   connection sessions and socket I/O ([`runtime::transport`]).
 //! - [`features`]: the built-in channels, written with the public core API only.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 pub mod core;
+#[cfg(feature = "documents")]
 pub mod document;
 pub mod features;
 pub mod ops;
 pub mod protocol;
 pub mod runtime;
+#[cfg(feature = "sqlite")]
 pub mod storage;
 pub mod testing;
 

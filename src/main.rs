@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shardcast::features::auth::{resolve_secret, Authenticator, Claims, SecretSource};
 use shardcast::features::default_app;
+use shardcast::ops::config::LogFormat;
 use shardcast::storage::StorageThread;
 use shardcast::{Config, Server};
 use std::net::SocketAddr;
@@ -69,11 +70,19 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Print the effective configuration (defaults, file, `SHARDCAST_*` environment) and every
+    /// invalid value with the reason; exit non-zero when there is one.
+    Checkconfig {
+        /// TOML config file, as for `serve`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Checkconfig { config } => checkconfig(config.as_deref()),
         Command::Serve {
             config,
             listen,
@@ -94,7 +103,7 @@ fn main() -> anyhow::Result<()> {
             cfg.echo_endpoint |= echo_endpoint;
             cfg.validate().context("invalid configuration")?;
             init_logging(&cfg);
-            serve(cfg)
+            serve(cfg).map(|()| std::process::ExitCode::SUCCESS)
         }
         Command::Token {
             sub,
@@ -124,8 +133,51 @@ fn main() -> anyhow::Result<()> {
                     .context("the token would be refused")?;
             }
             println!("{}", auth.sign(&claims));
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `shardcast checkconfig`: the effective configuration on stdout, problems on stderr.
+fn checkconfig(file: Option<&std::path::Path>) -> anyhow::Result<std::process::ExitCode> {
+    let cfg = match Config::load_unchecked(file, std::env::vars()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            // Unknown keys and wrongly typed values stop parsing: report the first one.
+            eprintln!("error: {e}");
+            return Ok(std::process::ExitCode::FAILURE);
+        }
+    };
+    print!("{}", cfg.effective_toml());
+    let mut problems = cfg.problems();
+    for k in &cfg.auth.public_keys {
+        let name = k.kid.clone().unwrap_or_else(|| format!("{:?}", k.alg));
+        let pem = match (&k.pem, &k.pem_file) {
+            (Some(pem), _) => Ok(pem.clone().into_bytes()),
+            (None, Some(path)) => {
+                std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+            }
+            (None, None) => Err("needs pem or pem_file".to_string()),
+        };
+        let checked = pem.and_then(|pem| {
+            Authenticator::new(vec![0u8; 32], false)
+                .with_public_key(k.alg, k.kid.clone(), &pem)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = checked {
+            problems.push(format!("auth.public_keys ({name}): {e}"));
+        }
+    }
+    for p in &problems {
+        eprintln!("invalid: {p}");
+    }
+    if problems.is_empty() {
+        eprintln!("configuration is valid");
+        Ok(std::process::ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} invalid value(s)", problems.len());
+        Ok(std::process::ExitCode::FAILURE)
     }
 }
 
@@ -135,7 +187,7 @@ fn init_logging(cfg: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if cfg.log.format == "json" {
+    if cfg.log.format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

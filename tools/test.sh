@@ -28,9 +28,16 @@ step "format and lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 
-step "Rust tests (unit, property, integration over real sockets)"
+step "feature sets: the library builds with each family alone and with none"
+cargo check --quiet -p shardcast --lib --no-default-features
+for f in rooms documents bulk uploads; do
+  cargo check --quiet -p shardcast --lib --no-default-features --features "$f"
+done
+
+step "Rust tests (unit, property, layering, integration over real sockets, doc examples)"
 cargo build --quiet --bins
 cargo test --all-targets
+cargo test --quiet --doc -p shardcast
 
 step "phoenix.js suite (official client, ws transport)"
 (cd tests/js && npm ci --no-audit --no-fund --silent && SHARDCAST_BIN="$target/debug/shardcast" npm test)

@@ -11,13 +11,18 @@ use super::server::Revision;
 /// An operation sent to (or to be resent to) the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outgoing<U: Unit = Chars> {
+    /// The edit, against the text at `base_version`.
     pub op: Operation<U>,
+    /// The server version the operation applies to.
     pub base_version: u64,
+    /// The client's sequence number for this operation, from 1; a resend keeps it.
     pub seq: u64,
 }
 
+/// The client state machine's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientState<U: Unit = Chars> {
+    /// Nothing in flight: local edits are sent at once.
     Synchronized,
     /// Waiting for the server to acknowledge the operation in flight.
     AwaitingConfirm(Outgoing<U>),
@@ -29,14 +34,29 @@ pub enum ClientState<U: Unit = Chars> {
 /// or else the current state.
 #[derive(Clone, Debug)]
 pub enum CatchUp<U: Unit = Chars> {
+    /// The missed revisions, oldest first.
     Revisions(Vec<Revision<U>>),
-    State { text: String, version: u64 },
+    /// The current `text` at `version`, replacing the client's copy.
+    State {
+        /// The current text.
+        text: String,
+        /// The version `text` is at.
+        version: u64,
+    },
 }
 
+/// Why a client could not apply an edit or what the server sent.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ClientError {
+    /// A revision or acknowledgement of version `got` arrived when `expected` was next.
     #[error("expected version {expected}, got {got}: re-join to resync")]
-    OutOfOrder { expected: u64, got: u64 },
+    OutOfOrder {
+        /// The version that was next.
+        expected: u64,
+        /// The version received.
+        got: u64,
+    },
+    /// An operation did not fit the client's text.
     #[error(transparent)]
     Op(#[from] OpError),
 }
@@ -63,10 +83,12 @@ impl<U: Unit> Client<U> {
         }
     }
 
+    /// The client id sent with each operation (its `client_id` in revisions).
     pub fn id(&self) -> &str {
         &self.id
     }
 
+    /// The client's copy of the text, local edits included.
     pub fn text(&self) -> &Rope {
         &self.text
     }
@@ -76,6 +98,7 @@ impl<U: Unit> Client<U> {
         self.version
     }
 
+    /// Where the client is in the protocol: synchronized, or waiting for an acknowledgement.
     pub fn state(&self) -> &ClientState<U> {
         &self.state
     }

@@ -45,10 +45,14 @@ impl Default for DocumentLimits {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct Revision<U: Unit = Chars> {
+    /// The document version this revision produced.
     pub version: u64,
+    /// The operation as applied (rebased), on the text at `version - 1`.
     pub op: Operation<U>,
+    /// The submitting client, if it identified itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// The submitting client's sequence number, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
 }
@@ -62,10 +66,12 @@ pub struct Logged {
 }
 
 impl Logged {
+    /// The version this revision produced.
     pub fn version(&self) -> u64 {
         self.revision.version
     }
 
+    /// The revision, counted in scalar values.
     pub fn revision(&self) -> &Revision {
         &self.revision
     }
@@ -97,25 +103,58 @@ pub struct Applied {
 }
 
 impl Applied {
+    /// The version the operation produced (the one to acknowledge).
     pub fn version(&self) -> u64 {
         self.logged.version()
     }
 }
 
+/// Why a submission, catch-up or replay was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SubmitError {
+    /// `base_version` is past the document's current `version`.
     #[error(
         "version {base_version} is ahead of the document (version {version}): re-join to resync"
     )]
-    Ahead { base_version: u64, version: u64 },
+    Ahead {
+        /// The version the submission is based on.
+        base_version: u64,
+        /// The document's version.
+        version: u64,
+    },
+    /// `base_version` is before `oldest`, the oldest version the history still rebases from.
     #[error("version {base_version} is older than the retained history (oldest {oldest}): re-join to resync")]
-    TooOld { base_version: u64, oldest: u64 },
+    TooOld {
+        /// The version the submission is based on.
+        base_version: u64,
+        /// The oldest version the history still rebases from.
+        oldest: u64,
+    },
+    /// `seq` is below `last`, the client's last applied `seq`: an old resend, not applied.
     #[error("seq {seq} is older than seq {last}, the last one applied for this client")]
-    StaleSeq { seq: u64, last: u64 },
+    StaleSeq {
+        /// The `seq` submitted.
+        seq: u64,
+        /// The client's last applied `seq`.
+        last: u64,
+    },
+    /// The text would grow to `len` scalar values, over [`DocumentLimits::max_chars`] (`max`).
     #[error("the document would grow to {len} characters, over the limit of {max}")]
-    DocumentTooLarge { len: usize, max: usize },
+    DocumentTooLarge {
+        /// Scalar values the text would have.
+        len: usize,
+        /// [`DocumentLimits::max_chars`].
+        max: usize,
+    },
+    /// A replayed revision's version `got` is not the one after the document's `version`.
     #[error("replayed revision {got} does not follow version {version}")]
-    OutOfOrder { got: u64, version: u64 },
+    OutOfOrder {
+        /// The replayed revision's version.
+        got: u64,
+        /// The document's version.
+        version: u64,
+    },
+    /// The operation is invalid, too large, or does not apply to the text.
     #[error(transparent)]
     Op(#[from] OpError),
 }
@@ -187,6 +226,7 @@ impl Document {
         }
     }
 
+    /// The current text, at [`version`](Self::version).
     pub fn text(&self) -> &Rope {
         &self.text
     }
@@ -196,6 +236,7 @@ impl Document {
         self.version
     }
 
+    /// The limits the document was created with.
     pub fn limits(&self) -> &DocumentLimits {
         &self.limits
     }

@@ -1,4 +1,6 @@
-//! Socket and join authentication: HS256 JSON Web Tokens.
+//! Socket and join authentication: JSON Web Tokens (HS256 with the server's secret; RS256 and
+//! ES256 with the public keys of a studio's identity provider), verified by the
+//! `jsonwebtoken` crate.
 //!
 //! A socket connects with `?token=<jwt>` (phoenix.js `params: {token}`); the token's claims
 //! become the socket's assigns ([`Identity`]: the user and the allowed `rooms`). A join may carry its
@@ -6,17 +8,20 @@
 //! patterns in `rooms` are exact (`document:42`) or prefixes (`room:*`); without a `rooms` claim
 //! every routed topic may be joined.
 //!
-//! Only HS256 is accepted (the header's `alg` must say so: no `none`, no algorithm confusion);
-//! the signature is checked in constant time before the claims are parsed.
+//! Each key is pinned to one algorithm: a token is checked only against the keys of the `alg`
+//! its header names (and of its `kid`, when both name one), so `none` and algorithm confusion
+//! (an HS256 token "signed" with an RSA public key) are refused. The signature is checked before
+//! the claims are parsed; expiry and not-before are checked against a time given by the caller.
 
 use crate::core::{
     Channel, ChannelCtx, ConnectInfo, ConnectRefused, HandleIn, HandleInfo, Payload, SocketHandler,
     TerminateReason,
 };
 use crate::ops::config::Config;
+pub use crate::ops::config::KeyAlgorithm;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hmac::{KeyInit, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::io::Write as _;
@@ -24,8 +29,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// Name of the generated secret's file in the data directory.
 pub const SECRET_FILE: &str = "auth_secret";
@@ -37,16 +40,22 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Why a token is not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
+    /// Not three base64url parts with a JSON header.
     #[error("token is not a well-formed JWT")]
     Malformed,
-    #[error("token algorithm is not HS256")]
+    /// No configured key takes the header's `alg` (and `kid`).
+    #[error("token algorithm is not accepted")]
     UnsupportedAlgorithm,
+    /// The signature does not verify.
     #[error("token signature is invalid")]
     BadSignature,
+    /// Past `exp`.
     #[error("token has expired")]
     Expired,
+    /// Before `nbf`.
     #[error("token is not valid yet")]
     NotYetValid,
+    /// Missing or out-of-range claims.
     #[error("token claims are invalid: {0}")]
     InvalidClaims(String),
 }
@@ -54,20 +63,39 @@ pub enum TokenError {
 /// Errors setting up authentication.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// The secret file exists but cannot be read.
     #[error("cannot read the auth secret {path}: {source}")]
     ReadSecret {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// A generated secret cannot be stored.
     #[error("cannot store a generated auth secret in {path}: {source}")]
     WriteSecret {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The stored secret is too short to be safe.
     #[error("the auth secret in {path} is shorter than 32 bytes")]
-    WeakSecret { path: PathBuf },
+    WeakSecret {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The OS gave no randomness.
     #[error("no randomness available for a secret: {0}")]
     Random(String),
+    /// A configured public key cannot be read or parsed.
+    #[error("auth public key {name}: {reason}")]
+    PublicKey {
+        /// Its `kid`, or its file.
+        name: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The claims of a shardcast token.
@@ -77,6 +105,7 @@ pub struct Claims {
     pub sub: String,
     /// Display name.
     pub name: String,
+    /// Avatar URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar: Option<String>,
     /// Expiry, seconds since the Unix epoch.
@@ -129,92 +158,199 @@ impl Claims {
     }
 }
 
-/// Signs and verifies tokens with one HS256 key.
+/// A verification key pinned to one algorithm.
+struct VerifyKey {
+    alg: Algorithm,
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// Signs tokens with the server's HS256 secret, and verifies them with that secret and any
+/// configured RS256/ES256 public keys.
 pub struct Authenticator {
-    key: Vec<u8>,
+    /// `None` for an empty secret: verification by public keys only.
+    signing: Option<EncodingKey>,
+    keys: Vec<VerifyKey>,
     allow_anonymous: bool,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| {
+                format!(
+                    "{:?}{}",
+                    k.alg,
+                    k.kid
+                        .as_deref()
+                        .map(|k| format!(" ({k})"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
         f.debug_struct("Authenticator")
-            .field("key", &"<redacted>")
+            .field("keys", &keys)
             .field("allow_anonymous", &self.allow_anonymous)
             .finish()
     }
 }
 
+/// The part of a token header read before a key is chosen.
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    #[serde(default)]
+    kid: Option<String>,
 }
 
 impl Authenticator {
+    /// An authenticator with one HS256 `key` (signing and verifying). An empty key means none:
+    /// only the public keys added with [`Authenticator::with_public_key`] verify, and nothing
+    /// can be signed.
     pub fn new(key: impl Into<Vec<u8>>, allow_anonymous: bool) -> Authenticator {
+        let key = key.into();
+        let (signing, verify) = match (
+            EncodingKey::from_secret(&key),
+            DecodingKey::from_secret(&key),
+        ) {
+            (Ok(s), Ok(v)) => (Some(s), Some(v)),
+            _ => (None, None),
+        };
         Authenticator {
-            key: key.into(),
+            signing,
+            keys: verify
+                .into_iter()
+                .map(|key| VerifyKey {
+                    alg: Algorithm::HS256,
+                    kid: None,
+                    key,
+                })
+                .collect(),
             allow_anonymous,
         }
     }
 
-    /// The authenticator `serve` uses for `config`: the configured secret, or the one stored
-    /// in (or generated into) the data directory.
-    pub fn from_config(config: &Config) -> Result<(Authenticator, SecretSource), AuthError> {
-        let (key, source) = resolve_secret(config)?;
-        Ok((Authenticator::new(key, config.auth.allow_anonymous), source))
+    /// Also accepts tokens signed by the holder of the private half of `pem` (a PEM public
+    /// key), with `alg` only, and only tokens naming `kid` when both the key and the token have
+    /// one.
+    pub fn with_public_key(
+        mut self,
+        alg: KeyAlgorithm,
+        kid: Option<String>,
+        pem: &[u8],
+    ) -> Result<Authenticator, AuthError> {
+        let parsed = match alg {
+            KeyAlgorithm::RS256 => DecodingKey::from_rsa_pem(pem),
+            KeyAlgorithm::ES256 => DecodingKey::from_ec_pem(pem),
+        };
+        let key = parsed.map_err(|e| AuthError::PublicKey {
+            name: kid.clone().unwrap_or_else(|| format!("{alg:?}")),
+            reason: e.to_string(),
+        })?;
+        let alg = match alg {
+            KeyAlgorithm::RS256 => Algorithm::RS256,
+            KeyAlgorithm::ES256 => Algorithm::ES256,
+        };
+        self.keys.push(VerifyKey { alg, kid, key });
+        Ok(self)
     }
 
+    /// The authenticator `serve` uses for `config`: the configured secret, or the one stored
+    /// in (or generated into) the data directory, and the configured public keys.
+    pub fn from_config(config: &Config) -> Result<(Authenticator, SecretSource), AuthError> {
+        let (key, source) = resolve_secret(config)?;
+        let mut auth = Authenticator::new(key, config.auth.allow_anonymous);
+        for k in &config.auth.public_keys {
+            let pem = match (&k.pem, &k.pem_file) {
+                (Some(pem), _) => pem.clone().into_bytes(),
+                (None, Some(file)) => std::fs::read(file).map_err(|e| AuthError::PublicKey {
+                    name: file.display().to_string(),
+                    reason: e.to_string(),
+                })?,
+                (None, None) => {
+                    return Err(AuthError::PublicKey {
+                        name: k.kid.clone().unwrap_or_else(|| format!("{:?}", k.alg)),
+                        reason: "needs pem or pem_file".into(),
+                    })
+                }
+            };
+            auth = auth.with_public_key(k.alg, k.kid.clone(), &pem)?;
+        }
+        Ok((auth, source))
+    }
+
+    /// Whether sockets without a token are admitted as guests.
     pub fn allow_anonymous(&self) -> bool {
         self.allow_anonymous
     }
 
-    fn mac(&self) -> HmacSha256 {
-        HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length")
-    }
-
-    /// A compact JWS (`header.claims.signature`).
+    /// A compact JWS (`header.claims.signature`) signed with the HS256 secret.
+    ///
+    /// # Panics
+    /// When the authenticator was made with an empty secret (it has nothing to sign with).
     pub fn sign(&self, claims: &Claims) -> String {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let body =
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize to JSON"));
-        let signing_input = format!("{header}.{body}");
-        let mut mac = self.mac();
-        mac.update(signing_input.as_bytes());
-        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        format!("{signing_input}.{sig}")
+        let key = self
+            .signing
+            .as_ref()
+            .expect("an authenticator made with an empty HS256 secret cannot sign");
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), claims, key)
+            .expect("claims serialize to JSON and HS256 signs with any key")
     }
 
     /// Checks `token` at time `now` (seconds since the epoch) and returns its claims.
     pub fn verify_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
-        if token.len() > MAX_TOKEN_BYTES {
+        if token.len() > MAX_TOKEN_BYTES || token.split('.').count() != 3 {
             return Err(TokenError::Malformed);
         }
-        let mut parts = token.split('.');
-        let (Some(header), Some(body), Some(sig), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed);
-        };
-        let header: Header = URL_SAFE_NO_PAD
-            .decode(header)
-            .ok()
+        let header: Header = token
+            .split('.')
+            .next()
+            .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
             .and_then(|h| serde_json::from_slice(&h).ok())
             .ok_or(TokenError::Malformed)?;
-        if header.alg != "HS256" {
-            return Err(TokenError::UnsupportedAlgorithm);
+        let alg = match header.alg.as_str() {
+            "HS256" => Algorithm::HS256,
+            "RS256" => Algorithm::RS256,
+            "ES256" => Algorithm::ES256,
+            _ => return Err(TokenError::UnsupportedAlgorithm),
+        };
+        let candidates = self.keys.iter().filter(|k| {
+            k.alg == alg
+                && match (&k.kid, &header.kid) {
+                    (Some(mine), Some(theirs)) => mine == theirs,
+                    _ => true,
+                }
+        });
+        let mut validation = Validation::new(alg);
+        // Time claims are checked below against `now`; no audience or issuer is required.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let mut outcome = Err(TokenError::UnsupportedAlgorithm);
+        for key in candidates {
+            match jsonwebtoken::decode::<Value>(token, &key.key, &validation) {
+                Ok(data) => {
+                    outcome = Ok(data.claims);
+                    break;
+                }
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind;
+                    outcome = Err(match e.kind() {
+                        ErrorKind::InvalidSignature => TokenError::BadSignature,
+                        ErrorKind::InvalidAlgorithm => TokenError::UnsupportedAlgorithm,
+                        ErrorKind::Json(_) => {
+                            TokenError::InvalidClaims("the claims are not a JSON object".into())
+                        }
+                        _ => TokenError::Malformed,
+                    });
+                }
+            }
         }
-        let sig = URL_SAFE_NO_PAD
-            .decode(sig)
-            .map_err(|_| TokenError::Malformed)?;
-        let mut mac = self.mac();
-        mac.update(&token.as_bytes()[..token.len() - sig_len(token)]);
-        mac.verify_slice(&sig)
-            .map_err(|_| TokenError::BadSignature)?;
-        let claims: Claims = URL_SAFE_NO_PAD
-            .decode(body)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| TokenError::InvalidClaims("sub, name and exp are required".into()))?;
+        let claims: Claims = serde_json::from_value(outcome?)
+            .map_err(|_| TokenError::InvalidClaims("sub, name and exp are required".into()))?;
         claims.check()?;
         if now >= claims.exp {
             return Err(TokenError::Expired);
@@ -229,11 +365,6 @@ impl Authenticator {
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         self.verify_at(token, unix_now())
     }
-}
-
-/// Length of `.signature` at the end of a token with three parts.
-fn sig_len(token: &str) -> usize {
-    token.len() - token.rfind('.').expect("caller split the token in three")
 }
 
 /// Whether `topic` matches one of `patterns` (`prefix*` or exact).
@@ -340,6 +471,7 @@ fn create_secret(dir: &Path, path: &Path) -> Result<bool, AuthError> {
     result.map_err(write_err)
 }
 
+/// Seconds since the Unix epoch (token times).
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -351,8 +483,11 @@ pub fn unix_now() -> u64 {
 /// Who a channel acts for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct User {
+    /// The user id (`sub`).
     pub id: String,
+    /// Display name.
     pub name: String,
+    /// Avatar URL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub avatar: Option<String>,
 }
@@ -423,6 +558,7 @@ pub struct TokenAuth {
 }
 
 impl TokenAuth {
+    /// A connect hook checking tokens with `auth`.
     pub fn new(auth: Arc<Authenticator>) -> TokenAuth {
         TokenAuth { auth }
     }
@@ -454,11 +590,14 @@ impl SocketHandler for TokenAuth {
 /// Why a join is refused; the reply is `{"reason": ...}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinDenied {
+    /// The join's token is not valid.
     InvalidToken,
+    /// The identity may not join this topic.
     AccessDenied,
 }
 
 impl JoinDenied {
+    /// The reply's `reason`.
     pub fn reason(self) -> &'static str {
         match self {
             JoinDenied::InvalidToken => "invalid_token",
@@ -466,6 +605,7 @@ impl JoinDenied {
         }
     }
 
+    /// The reply payload `{"reason": ...}`.
     pub fn payload(self) -> Payload {
         Payload::json(&json!({ "reason": self.reason() }))
     }
@@ -516,6 +656,7 @@ pub struct Guarded<C> {
 }
 
 impl<C: Channel> Guarded<C> {
+    /// `inner`, joined only by identities `auth` lets in.
     pub fn new(auth: Arc<Authenticator>, inner: C) -> Guarded<C> {
         Guarded { auth, inner }
     }
@@ -558,7 +699,100 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    use hmac::{KeyInit, Mac};
+
+    type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/jwt")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn signed(alg: Algorithm, kid: Option<&str>, private_pem: &[u8], claims: &Claims) -> String {
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(private_pem),
+            _ => EncodingKey::from_ec_pem(private_pem),
+        }
+        .unwrap();
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = kid.map(str::to_string);
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    #[test]
+    fn identity_provider_keys_verify_their_algorithm_only() {
+        let a = auth()
+            .with_public_key(
+                KeyAlgorithm::RS256,
+                Some("idp-rsa".into()),
+                &fixture("rs256-public.pem"),
+            )
+            .unwrap()
+            .with_public_key(KeyAlgorithm::ES256, None, &fixture("es256-public.pem"))
+            .unwrap();
+        let rs = signed(
+            Algorithm::RS256,
+            Some("idp-rsa"),
+            &fixture("rs256-private.pem"),
+            &claims(),
+        );
+        assert_eq!(a.verify_at(&rs, 1_500), Ok(claims()));
+        let es = signed(
+            Algorithm::ES256,
+            None,
+            &fixture("es256-private.pem"),
+            &claims(),
+        );
+        assert_eq!(a.verify_at(&es, 1_500), Ok(claims()));
+        // Time claims and claim checks apply as for HS256.
+        assert_eq!(a.verify_at(&rs, 2_000), Err(TokenError::Expired));
+        // A kid naming another key is not checked against this one.
+        let other_kid = signed(
+            Algorithm::RS256,
+            Some("idp-2"),
+            &fixture("rs256-private.pem"),
+            &claims(),
+        );
+        assert_eq!(
+            a.verify_at(&other_kid, 1_500),
+            Err(TokenError::UnsupportedAlgorithm)
+        );
+        // The RSA key's signature under the EC key's algorithm name: pinned, refused.
+        let parts: Vec<&str> = rs.split('.').collect();
+        let relabelled = format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","typ":"JWT"}"#),
+            parts[1],
+            parts[2]
+        );
+        assert!(a.verify_at(&relabelled, 1_500).is_err());
+        // Algorithm confusion: HS256 "signed" with the public key as the secret.
+        let confused = Authenticator::new(fixture("rs256-public.pem"), false).sign(&claims());
+        assert_eq!(a.verify_at(&confused, 1_500), Err(TokenError::BadSignature));
+        // Without the public keys, RS256 is not accepted at all.
+        assert_eq!(
+            auth().verify_at(&rs, 1_500),
+            Err(TokenError::UnsupportedAlgorithm)
+        );
+        // A key that is not PEM is refused at setup.
+        assert!(matches!(
+            auth().with_public_key(KeyAlgorithm::RS256, None, b"not a key"),
+            Err(AuthError::PublicKey { .. })
+        ));
+    }
+
+    #[test]
+    fn an_empty_secret_verifies_nothing_by_hs256() {
+        let a = Authenticator::new(Vec::new(), false);
+        assert_eq!(
+            a.verify_at(&auth().sign(&claims()), 1_500),
+            Err(TokenError::UnsupportedAlgorithm)
+        );
+    }
 
     fn auth() -> Authenticator {
         Authenticator::new(KEY, false)

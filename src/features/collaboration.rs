@@ -47,6 +47,7 @@ impl From<SessionWrite> for CollaborationInfo {
 
 type Ctx<'a> = ChannelCtx<'a, CollaborationInfo>;
 
+/// One connection's `collaboration:<id>` channel.
 pub struct CollaborationChannel {
     services: Arc<Services>,
     joined: Option<Joined>,
@@ -61,6 +62,7 @@ struct Joined {
 }
 
 impl CollaborationChannel {
+    /// A channel not joined yet, using the shared `services`.
     pub fn new(services: Arc<Services>) -> CollaborationChannel {
         CollaborationChannel {
             services,

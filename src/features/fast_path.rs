@@ -6,12 +6,19 @@ use serde_json::json;
 
 /// Event names.
 pub mod event {
+    /// Client → server: a binary game state.
     pub const GAME_STATE: &str = "game_state";
+    /// Server → members: a relayed game state.
     pub const GAME_UPDATE: &str = "game_update";
+    /// Client → server: one encoded audio frame.
     pub const AUDIO_DATA: &str = "audio_data";
+    /// Server → members: an audio frame behind its sender header.
     pub const AUDIO_STREAM: &str = "audio_stream";
+    /// Client → server: one zstd frame holding a bulk update.
     pub const COMPRESSED_DATA: &str = "compressed_data";
+    /// Server → members: a compressed bulk update, relayed or replaced by a hook.
     pub const BULK_UPDATE: &str = "bulk_update";
+    /// Server → client push: a failure `{reason, message}`.
     pub const ERROR: &str = "error";
 }
 

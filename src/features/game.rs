@@ -23,7 +23,9 @@ use super::fast_path::{check_topic, error_reply, event, policy_key, sender_id, u
 use super::voice::{AudioRelay, AudioSettings};
 use crate::core::{Channel, ChannelCtx, ConnId, Delivery, HandleIn, Payload, ReplyStatus};
 use crate::ops::config::Config;
-use crate::protocol::binary::bulk::{self, BulkLimits, BulkUpdate};
+#[cfg(feature = "bulk")]
+use crate::protocol::binary::bulk;
+use crate::protocol::binary::bulk::{BulkLimits, BulkUpdate};
 use crate::protocol::binary::game_state::{GameState, GameStateLimits, ObjectTypes, WorldBounds};
 use bytes::Bytes;
 use serde_json::json;
@@ -36,17 +38,21 @@ pub const PREFIX: &str = "game:";
 /// What every `game:` channel shares: limits and policies from `[game]`, `[audio]`, `[bulk]`.
 #[derive(Debug, Clone)]
 pub struct GameSettings {
+    /// Limits and bounds every `game_state` is checked against before the hook sees it.
     pub limits: GameStateLimits,
     /// Latest-value key per topic and publishing connection (`[game] latest_per = "sender"`,
     /// the default) rather than per topic.
     pub latest_per_sender: bool,
+    /// The `audio_data` relay's limits.
     pub audio: AudioSettings,
+    /// Limits of `compressed_data` bulk updates.
     pub bulk: BulkLimits,
     /// zstd level for documents the server compresses (a hook that replaced the updates).
     pub bulk_level: i32,
 }
 
 impl GameSettings {
+    /// The settings of the `[game]`, `[audio]` and `[bulk]` config sections.
     pub fn from_config(config: &Config) -> GameSettings {
         let g = &config.game;
         GameSettings {
@@ -62,7 +68,7 @@ impl GameSettings {
                 max_object_data: g.max_object_data,
                 object_types: ObjectTypes::new(&g.object_types),
             },
-            latest_per_sender: g.latest_per == "sender",
+            latest_per_sender: g.latest_per == crate::ops::config::LatestPer::Sender,
             audio: AudioSettings::from_config(&config.audio),
             bulk: BulkLimits {
                 max_compressed: config.bulk.max_compressed_bytes,
@@ -83,9 +89,11 @@ impl Default for GameSettings {
 /// Who sent what a hook is looking at.
 #[derive(Debug, Clone, Copy)]
 pub struct HookContext<'a> {
+    /// The `game:<id>` topic.
     pub topic: &'a str,
     /// The socket's `user_id` assign (or `conn-<id>` without one).
     pub user_id: &'a str,
+    /// The sending connection.
     pub conn_id: ConnId,
 }
 
@@ -147,6 +155,7 @@ struct Joined {
 }
 
 impl GameChannel {
+    /// A channel not joined yet, with [`DefaultHook`].
     pub fn new(settings: Arc<GameSettings>) -> GameChannel {
         GameChannel {
             settings,
@@ -192,6 +201,17 @@ impl GameChannel {
         HandleIn::ok(Payload::empty())
     }
 
+    /// Without the `bulk` feature there is no zstd: the push is refused with a clear reason.
+    #[cfg(not(feature = "bulk"))]
+    fn compressed_data(&mut self, ctx: &mut ChannelCtx<'_>, _payload: &Payload) -> HandleIn {
+        bulk_error(
+            ctx,
+            "unsupported",
+            "this server is built without bulk updates (Cargo feature `bulk`)",
+        )
+    }
+
+    #[cfg(feature = "bulk")]
     fn compressed_data(&mut self, ctx: &mut ChannelCtx<'_>, payload: &Payload) -> HandleIn {
         let Some(j) = &self.joined else {
             return error_reply("not_joined", "join first");
@@ -293,7 +313,7 @@ mod tests {
     fn settings_follow_the_config() {
         let mut config = Config::default();
         config.game.object_types = vec!["tank".into()];
-        config.game.latest_per = "topic".into();
+        config.game.latest_per = crate::ops::config::LatestPer::Topic;
         config.audio.budget_ms = 100;
         let s = GameSettings::from_config(&config);
         assert!(s.limits.object_types.contains(b"tank"));

@@ -1,7 +1,8 @@
 //! The built-in features, written against the public channel API only (as a studio's own
 //! channels would be):
 //!
-//! - [`auth`]: HS256 token auth at connect ([`TokenAuth`]) and per join ([`auth::authorize_join`]).
+//! - [`auth`]: JWT auth (HS256, RS256, ES256) at connect ([`TokenAuth`]) and per join
+//!   ([`auth::authorize_join`]).
 //! - [`room`]: `room:<id>` — chat with persisted history, typing indicators, presence.
 //! - [`collaboration`]: `collaboration:<id>` — presence with cursors and selections.
 //! - [`document`]: `document:<id>` — collaborative text (operational transform), persisted.
@@ -12,53 +13,80 @@
 //! Per-topic authority (presence, message order, warm history) lives on the topic's owner shard
 //! ([`ChannelCtx::run_on_owner`](crate::core::ChannelCtx::run_on_owner)); the storage thread
 //! ([`crate::storage`]) is reached through futures, so shards never block on disk.
+//!
+//! Each family sits behind a Cargo feature (all on by default): `rooms` (room, collaboration;
+//! SQLite), `documents` (ropey, SQLite), `bulk` (zstd bulk updates on `game:*`), `uploads`.
+//! Auth, `game:*` state and `voice:*` are always there.
 
 pub mod auth;
 pub mod clock;
+#[cfg(feature = "rooms")]
 pub mod collaboration;
+#[cfg(feature = "documents")]
 pub mod document;
 pub mod fast_path;
 pub mod game;
+#[cfg(feature = "rooms")]
 pub mod room;
+#[cfg(feature = "uploads")]
 pub mod uploads;
 pub mod voice;
 
 pub use auth::{Authenticator, Claims, Guarded, Identity, TokenAuth, User};
+#[cfg(feature = "rooms")]
 pub use collaboration::CollaborationChannel;
 pub use game::{GameChannel, GameHook, GameSettings};
+#[cfg(feature = "rooms")]
 pub use room::RoomChannel;
+#[cfg(feature = "uploads")]
 pub use uploads::{UploadChannel, UploadServices};
 pub use voice::VoiceChannel;
 
+#[cfg(feature = "rooms")]
 use crate::core::echo::EchoChannel;
-use crate::core::{App, ChannelCtx, Payload, Router, TerminateReason};
+use crate::core::Payload;
+#[cfg(feature = "rooms")]
+use crate::core::{App, ChannelCtx, Router, TerminateReason};
+#[cfg(feature = "rooms")]
 use crate::ops::config::{Config, RoomsConfig};
+#[cfg(feature = "rooms")]
 use crate::storage::Storage;
 use serde_json::{json, Value};
+#[cfg(feature = "rooms")]
 use std::sync::Arc;
 
 /// Errors building the default application.
 #[derive(Debug, thiserror::Error)]
 pub enum FeatureError {
+    /// The token secret or keys.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    /// The documents database.
+    #[cfg(feature = "documents")]
     #[error("cannot open the documents database: {0}")]
     Documents(#[from] document::StoreError),
+    /// The uploads directory.
+    #[cfg(feature = "uploads")]
     #[error(transparent)]
     Uploads(#[from] uploads::UploadSetupError),
 }
 
 /// What the built-in channels share: the token checker, the storage handle, the limits.
+#[cfg(feature = "rooms")]
 #[derive(Debug)]
 pub struct Services {
+    /// Token checks for joins.
     pub auth: Arc<Authenticator>,
+    /// The rooms store.
     pub storage: Storage,
+    /// `[rooms]`.
     pub rooms: RoomsConfig,
 }
 
 /// The application `shardcast serve` runs: token auth at connect, and the routes `echo:*`,
 /// `room:*` and `collaboration:*`. Resolves the signing secret as `shardcast token` does
 /// (generating it on first use) and warns when it is not configured explicitly.
+#[cfg(feature = "rooms")]
 pub fn default_app(config: &Config, storage: Storage) -> Result<App, FeatureError> {
     let (authenticator, source) = Authenticator::from_config(config)?;
     match &source {
@@ -95,12 +123,22 @@ pub fn default_app(config: &Config, storage: Storage) -> Result<App, FeatureErro
             let services = services.clone();
             move || CollaborationChannel::new(services.clone())
         });
-    // `document:*` (issue 6): its own database and thread, stopped when the routes are dropped.
-    let documents = document::DocumentServices::open(config, auth.clone())?;
-    let router = router.channel("document:*", move || documents.channel());
-    // The binary fast path (issue 5): `game:*`, `voice:*`, `uploads:*`.
+    // `document:*`: its own database and thread, stopped when the routes are dropped.
+    #[cfg(feature = "documents")]
+    let router = {
+        let documents = document::DocumentServices::open(config, auth.clone())?;
+        router.channel("document:*", move || documents.channel())
+    };
+    // The binary fast path: `game:*`, `voice:*`, `uploads:*`.
     let game = Arc::new(GameSettings::from_config(config));
-    let uploads = UploadServices::open(config)?;
+    #[cfg(feature = "uploads")]
+    let router = {
+        let uploads = UploadServices::open(config)?;
+        let auth = auth.clone();
+        router.channel("uploads:*", move || {
+            UploadChannel::new(uploads.clone(), Some(auth.clone()))
+        })
+    };
     let router = router
         .channel("game:*", {
             let (auth, game) = (auth.clone(), game.clone());
@@ -109,10 +147,6 @@ pub fn default_app(config: &Config, storage: Storage) -> Result<App, FeatureErro
         .channel("voice:*", {
             let auth = auth.clone();
             move || Guarded::new(auth.clone(), VoiceChannel::new(game.audio))
-        })
-        .channel("uploads:*", {
-            let auth = auth.clone();
-            move || UploadChannel::new(uploads.clone(), Some(auth.clone()))
         });
     Ok(App::new(TokenAuth::new(auth), router))
 }
@@ -120,6 +154,10 @@ pub fn default_app(config: &Config, storage: Storage) -> Result<App, FeatureErro
 // --- Helpers shared by the channels --------------------------------------------------------
 
 /// The JSON object of a push (`{}` for anything that is not an object).
+#[cfg_attr(
+    not(any(feature = "rooms", feature = "documents", feature = "uploads")),
+    allow(dead_code)
+)]
 pub(crate) fn params(payload: &Payload) -> Result<Value, Payload> {
     match payload.parse::<Value>() {
         Ok(v @ Value::Object(_)) => Ok(v),
@@ -134,6 +172,7 @@ pub(crate) fn reason(reason: &str) -> Payload {
 }
 
 /// `{"errors": {field: [message]}}`, the shape of a changeset error.
+#[cfg_attr(not(feature = "rooms"), allow(dead_code))]
 pub(crate) fn field_error(field: &str, message: &str) -> Payload {
     Payload::json(&json!({ "errors": { field: [message] } }))
 }
@@ -145,6 +184,7 @@ pub(crate) fn topic_id<'t>(topic: &'t str, prefix: &str) -> Option<&'t str> {
         .filter(|id| !id.is_empty() && id.len() <= 128)
 }
 
+#[cfg(feature = "rooms")]
 /// A presence status from a join or a push: 1-32 bytes.
 pub(crate) fn status_param(params: &Value) -> Option<String> {
     params
@@ -155,6 +195,7 @@ pub(crate) fn status_param(params: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
+#[cfg(feature = "rooms")]
 /// How a channel's end is recorded in the user's session.
 pub(crate) fn disconnect_reason(reason: TerminateReason) -> &'static str {
     match reason {
@@ -166,6 +207,7 @@ pub(crate) fn disconnect_reason(reason: TerminateReason) -> &'static str {
     }
 }
 
+#[cfg(feature = "rooms")]
 /// Records session activity off the shard; failures are only logged (best effort, the user's
 /// action does not depend on it). The answer comes back to `handle_info` as [`SessionWrite`].
 pub(crate) fn touch_session<I: From<SessionWrite> + Send + 'static>(
@@ -179,6 +221,7 @@ pub(crate) fn touch_session<I: From<SessionWrite> + Send + 'static>(
     ctx.spawn(async move { SessionWrite(fut.await.err().map(|e| e.to_string())).into() });
 }
 
+#[cfg(feature = "rooms")]
 pub(crate) fn end_session<I: From<SessionWrite> + Send + 'static>(
     ctx: &mut ChannelCtx<'_, I>,
     services: &Services,
@@ -191,10 +234,12 @@ pub(crate) fn end_session<I: From<SessionWrite> + Send + 'static>(
     ctx.spawn(async move { SessionWrite(fut.await.err().map(|e| e.to_string())).into() });
 }
 
+#[cfg(feature = "rooms")]
 /// The outcome of a session write (an error message, if any).
 #[derive(Debug)]
 pub struct SessionWrite(pub Option<String>);
 
+#[cfg(feature = "rooms")]
 impl SessionWrite {
     pub(crate) fn log(&self, topic: &str) {
         if let Some(e) = &self.0 {
@@ -203,5 +248,5 @@ impl SessionWrite {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "rooms", feature = "documents", feature = "uploads"))]
 mod tests;

@@ -79,6 +79,7 @@ type RoomAddr = Addr<RoomInfo>;
 
 // --- The channel (one per joined connection) ------------------------------------------------
 
+/// One connection's `room:<id>` channel.
 pub struct RoomChannel {
     services: Arc<Services>,
     joined: Option<Joined>,
@@ -94,6 +95,7 @@ struct Joined {
 }
 
 impl RoomChannel {
+    /// A channel not joined yet, using the shared `services`.
     pub fn new(services: Arc<Services>) -> RoomChannel {
         RoomChannel {
             services,

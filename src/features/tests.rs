@@ -4,7 +4,7 @@
 use super::auth::{Authenticator, Claims};
 use super::default_app;
 use crate::core::Payload;
-use crate::ops::config::Config;
+use crate::ops::config::{Config, Synchronous};
 use crate::protocol::binary::audio;
 use crate::protocol::binary::game_state::{self, ObjectRecord, Position};
 use crate::storage::StorageThread;
@@ -45,8 +45,8 @@ impl Fixture {
             ..Config::default()
         };
         config.auth.secret = SECRET.into();
-        config.storage.synchronous = "normal".into();
-        config.documents.synchronous = "normal".into();
+        config.storage.synchronous = Synchronous::Normal;
+        config.documents.synchronous = Synchronous::Normal;
         tune(&mut config);
         let storage = StorageThread::start(&config.storage, &config.data_dir).unwrap();
         let app = default_app(&config, storage.handle()).unwrap();

@@ -18,14 +18,17 @@ use crate::protocol::binary::audio::{self, AudioStreamHeader};
 /// Topic prefix of the audio-only channel.
 pub const PREFIX: &str = "voice:";
 
+/// Audio relay limits, from the `[audio]` config section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AudioSettings {
     /// Frames per sender a subscriber that is behind may have queued.
     pub budget_frames: u16,
+    /// Largest `audio_data` frame accepted, in bytes.
     pub max_frame_bytes: usize,
 }
 
 impl AudioSettings {
+    /// The `[audio]` section's settings (the budget saturates at `u16::MAX` frames).
     pub fn from_config(config: &AudioConfig) -> AudioSettings {
         AudioSettings {
             budget_frames: u16::try_from(config.budget_frames()).unwrap_or(u16::MAX),
@@ -48,6 +51,7 @@ pub struct AudioRelay {
 }
 
 impl AudioRelay {
+    /// The relay of the connection behind `ctx` on its topic, sending as `user_id`.
     pub fn new(ctx: &ChannelCtx<'_>, user_id: &str) -> AudioRelay {
         AudioRelay {
             user_id: user_id.to_string(),
@@ -102,6 +106,7 @@ pub struct VoiceChannel {
 }
 
 impl VoiceChannel {
+    /// A channel not joined yet.
     pub fn new(settings: AudioSettings) -> VoiceChannel {
         VoiceChannel {
             settings,

@@ -2,7 +2,7 @@
 //! overrides (`SHARDCAST_LISTEN`, `SHARDCAST_WEBSOCKET__IDLE_TIMEOUT_MS`: a double underscore
 //! separates nested keys), then command-line flags applied by the binary.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,23 +10,32 @@ use std::time::Duration;
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "SHARDCAST_";
 
+/// Why a configuration cannot be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The file is not valid TOML or has unknown keys or wrongly typed values.
     #[error("invalid config file {path}: {source}")]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// The parser's message (it names the key).
         source: Box<toml::de::Error>,
     },
+    /// A value is out of range (after environment overrides).
     #[error("invalid configuration (after environment overrides): {0}")]
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The whole configuration: every section, with its defaults (README lists every key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address every shard binds with SO_REUSEPORT.
@@ -44,21 +53,34 @@ pub struct Config {
     pub io_memory: usize,
     /// On SIGTERM/SIGINT, how long connections get to close (1001) before the shards stop.
     pub shutdown_timeout_ms: u64,
+    /// `[websocket]`: frame and message limits, timeouts.
     pub websocket: WebSocketConfig,
+    /// `[outbound]`: per-connection queue bounds and write batching.
     pub outbound: OutboundConfig,
+    /// `[mesh]`: queues between shards.
     pub mesh: MeshConfig,
+    /// `[log]`: format and level.
     pub log: LogConfig,
+    /// `[auth]`: token secret and public keys.
     pub auth: AuthConfig,
+    /// `[rooms]`: `room:*` and `collaboration:*`.
     pub rooms: RoomsConfig,
+    /// `[storage]`: the rooms database.
     pub storage: StorageConfig,
+    /// `[documents]`: `document:*` and its log.
     pub documents: DocumentsConfig,
+    /// `[game]`: what a `game_state` may contain.
     pub game: GameConfig,
+    /// `[audio]`: audio frames and budgets.
     pub audio: AudioConfig,
+    /// `[bulk]`: zstd bulk updates.
     pub bulk: BulkConfig,
+    /// `[uploads]`: chunked uploads.
     pub uploads: UploadsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[websocket]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
     /// Largest single frame payload accepted from a client; larger closes with 1009.
@@ -78,7 +100,8 @@ pub struct WebSocketConfig {
     pub max_request_head: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[outbound]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboundConfig {
     /// Frames a connection may have queued before it counts as a slow consumer.
@@ -89,23 +112,26 @@ pub struct OutboundConfig {
     pub write_batch_frames: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[mesh]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MeshConfig {
     /// Capacity of each shard's inbound queues (publishes to owned topics, and deliveries).
     pub queue_capacity: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// A tracing filter such as `info` or `shardcast=debug`. `RUST_LOG` wins when set.
     pub level: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[auth]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// HS256 key for socket and join tokens (at least 32 bytes). Empty: a random secret is
@@ -114,9 +140,39 @@ pub struct AuthConfig {
     /// Accept sockets without a token as guests (local demos). A token that is present is
     /// still checked.
     pub allow_anonymous: bool,
+    /// Public keys of identity providers whose RS256/ES256 tokens are accepted too, each pinned
+    /// to its algorithm: `[[auth.public_keys]] alg = "RS256", kid = "idp-1", pem_file = "..."`.
+    pub public_keys: Vec<PublicKeyConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// An asymmetric algorithm a public key is pinned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+}
+
+/// One accepted public key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// The only algorithm tokens checked with this key may use.
+    pub alg: KeyAlgorithm,
+    /// The key id tokens name in their header (`kid`); when both name one, they must match.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The PEM public key itself ...
+    #[serde(default)]
+    pub pem: Option<String>,
+    /// ... or the file holding it.
+    #[serde(default)]
+    pub pem_file: Option<PathBuf>,
+}
+
+/// `[rooms]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoomsConfig {
     /// Messages a room keeps in memory and sends in `room_state`.
@@ -134,7 +190,8 @@ pub struct RoomsConfig {
     pub cursor_interval_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[storage]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// SQLite database file; relative paths are under `data_dir`.
@@ -145,7 +202,7 @@ pub struct StorageConfig {
     pub max_batch: usize,
     /// SQLite `synchronous` in WAL mode: `full` (a commit survives power loss) or `normal`
     /// (survives a crash of the process, may lose the last commits on power loss).
-    pub synchronous: String,
+    pub synchronous: Synchronous,
 }
 
 impl Default for RoomsConfig {
@@ -167,15 +224,17 @@ impl Default for StorageConfig {
             path: PathBuf::from("shardcast.db"),
             queue_capacity: 4096,
             max_batch: 256,
-            synchronous: "full".into(),
+            synchronous: Synchronous::Full,
         }
     }
 }
 
 impl RoomsConfig {
+    /// `typing_timeout_ms` as a duration.
     pub fn typing_timeout(&self) -> Duration {
         Duration::from_millis(self.typing_timeout_ms)
     }
+    /// `cursor_interval_ms` as a duration.
     pub fn cursor_interval(&self) -> Duration {
         Duration::from_millis(self.cursor_interval_ms)
     }
@@ -183,7 +242,7 @@ impl RoomsConfig {
 
 /// `document:<id>` channels: collaborative text documents (operational transform), their
 /// limits and their own database (an append-only operation log with periodic snapshots).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DocumentsConfig {
     /// Create a missing document (empty) on the first join by a user allowed to join it. When
@@ -218,7 +277,7 @@ pub struct DocumentsConfig {
     pub max_batch: usize,
     /// SQLite `synchronous`: `full` (an acknowledged operation survives power loss) or
     /// `normal` (survives a crash of the process).
-    pub synchronous: String,
+    pub synchronous: Synchronous,
 }
 
 impl Default for DocumentsConfig {
@@ -236,7 +295,7 @@ impl Default for DocumentsConfig {
             path: PathBuf::from("documents.sqlite3"),
             queue_capacity: 65_536,
             max_batch: 1_024,
-            synchronous: "full".into(),
+            synchronous: Synchronous::Full,
         }
     }
 }
@@ -251,19 +310,23 @@ impl DocumentsConfig {
         }
     }
 
+    /// `idle_unload_ms` as a duration.
     pub fn idle_unload(&self) -> Duration {
         Duration::from_millis(self.idle_unload_ms)
     }
 }
 
 /// `game:<id>` channels: what a `game_state` may contain, and how a slow subscriber is served.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GameConfig {
     /// The world: coordinates of positions and objects must lie within these bounds.
     pub world_min_x: f32,
+    /// Right edge of the world.
     pub world_max_x: f32,
+    /// Bottom edge of the world.
     pub world_min_y: f32,
+    /// Top edge of the world.
     pub world_max_y: f32,
     /// Position records per `game_state` at most.
     pub max_positions: u32,
@@ -279,7 +342,37 @@ pub struct GameConfig {
     /// state, nobody's update supersedes another player's) or `topic` (at most one per topic,
     /// whoever sent it: updates of different members published at the same instant supersede
     /// each other even for subscribers that keep up).
-    pub latest_per: String,
+    pub latest_per: LatestPer,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Durability of a SQLite commit (`synchronous` in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// An acknowledged write survives power loss.
+    Full,
+    /// An acknowledged write survives a process crash.
+    Normal,
+}
+
+/// What a latest-value-wins `game_update` replaces in a subscriber's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatestPer {
+    /// The queued update of the same topic and publishing connection.
+    Sender,
+    /// The queued update of the same topic, whoever sent it.
+    Topic,
 }
 
 impl Default for GameConfig {
@@ -295,7 +388,7 @@ impl Default for GameConfig {
             object_types: ["projectile", "pickup", "effect", "npc", "vehicle", "item"]
                 .map(String::from)
                 .to_vec(),
-            latest_per: "sender".into(),
+            latest_per: LatestPer::Sender,
         }
     }
 }
@@ -324,7 +417,7 @@ impl GameConfig {
 }
 
 /// Audio relayed on `game:` and `voice:` topics.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AudioConfig {
     /// Audio a subscriber that is behind keeps queued per sender; older frames are dropped.
@@ -353,7 +446,7 @@ impl AudioConfig {
 }
 
 /// `compressed_data` (zstd) bulk updates.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BulkConfig {
     /// Largest compressed payload accepted (the WebSocket message limit applies first).
@@ -378,7 +471,7 @@ impl Default for BulkConfig {
 }
 
 /// Resumable chunked uploads (`uploads:<user id>`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UploadsConfig {
     /// Where uploads live; relative paths are under `data_dir`.
@@ -430,6 +523,7 @@ impl UploadsConfig {
         }
     }
 
+    /// `expire_after_ms` as a duration.
     pub fn expire_after(&self) -> Duration {
         Duration::from_millis(self.expire_after_ms)
     }
@@ -507,22 +601,26 @@ impl Default for MeshConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            format: "text".into(),
+            format: LogFormat::Text,
             level: "info".into(),
         }
     }
 }
 
 impl WebSocketConfig {
+    /// `handshake_timeout_ms` as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
     }
+    /// `idle_timeout_ms` as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
     }
+    /// `close_timeout_ms` as a duration.
     pub fn close_timeout(&self) -> Duration {
         Duration::from_millis(self.close_timeout_ms)
     }
+    /// `write_timeout_ms` as a duration.
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
     }
@@ -536,6 +634,17 @@ impl Config {
 
     /// As [`Config::load`], with the environment given explicitly (for tests).
     pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let config = Self::load_unchecked(file, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Defaults, `file`, then `env`, with every key typed but the values not checked yet (see
+    /// [`Config::problems`]): what `shardcast checkconfig` reports on.
+    pub fn load_unchecked(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
@@ -559,14 +668,21 @@ impl Config {
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
             set_path(&mut table, &path, parse_env_value(&value));
         }
-        let config: Config = toml::Value::Table(table)
+        toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
-        config.validate()?;
-        Ok(config)
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
     }
 
+    /// Checks every value; the error names the first problem (see [`Config::problems`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some(p) => Err(ConfigError::Invalid(p)),
+            None => Ok(()),
+        }
+    }
+
+    /// Every invalid value, with the reason (empty when the configuration is valid).
+    pub fn problems(&self) -> Vec<String> {
         let ws = &self.websocket;
         let checks = [
             (
@@ -652,10 +768,6 @@ impl Config {
                 "storage.max_batch must be within 1..=10000",
             ),
             (
-                matches!(self.storage.synchronous.as_str(), "full" | "normal"),
-                "storage.synchronous must be \"full\" or \"normal\"",
-            ),
-            (
                 self.documents.max_chars > 0,
                 "documents.max_chars must be > 0",
             ),
@@ -700,10 +812,6 @@ impl Config {
                 "documents.max_batch must be within 1..=100000",
             ),
             (
-                matches!(self.documents.synchronous.as_str(), "full" | "normal"),
-                "documents.synchronous must be \"full\" or \"normal\"",
-            ),
-            (
                 self.game.world_bounds_valid(),
                 "game: world bounds must be finite with world_min_x < world_max_x and world_min_y < world_max_y",
             ),
@@ -711,10 +819,6 @@ impl Config {
             (
                 self.game.object_types_valid(),
                 "game.object_types must be distinct names of 1 to 255 bytes (at most 1024)",
-            ),
-            (
-                matches!(self.game.latest_per.as_str(), "topic" | "sender"),
-                "game.latest_per must be \"topic\" or \"sender\"",
             ),
             (self.audio.frame_ms > 0, "audio.frame_ms must be > 0"),
             (
@@ -771,10 +875,16 @@ impl Config {
                 "uploads.max_pending_chunks must be > 0",
             ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, msg)) => Err(ConfigError::Invalid((*msg).to_string())),
-            None => Ok(()),
-        }
+        checks
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, msg)| (*msg).to_string())
+            .collect()
+    }
+
+    /// The configuration as a TOML document (every key, defaults included).
+    pub fn effective_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
     /// The number of shards to run: `shards`, or one per available core when 0.
@@ -825,6 +935,30 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_lists_every_key_with_its_default() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\nlisten")
+            .expect("the README's config block")
+            + 8;
+        let block = &readme[start..start + readme[start..].find("```").unwrap()];
+        // Unknown keys are refused (deny_unknown_fields), so every key there exists ...
+        let parsed: Config = toml::from_str(block).expect("the README's block parses");
+        // ... and it says the defaults, every one of them.
+        assert_eq!(parsed.effective_toml(), Config::default().effective_toml());
+        for (section, _) in toml::from_str::<toml::Table>(&Config::default().effective_toml())
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.is_table())
+        {
+            assert!(
+                block.contains(&format!("[{section}]")),
+                "README lacks [{section}]"
+            );
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -909,7 +1043,7 @@ mod tests {
         assert_eq!(c.audio.budget_frames(), 10);
         assert_eq!(c.bulk.max_compressed_bytes, 1 << 20);
         assert_eq!(c.bulk.max_decompressed_bytes, 16 << 20);
-        assert_eq!(c.game.latest_per, "sender");
+        assert_eq!(c.game.latest_per, LatestPer::Sender);
         assert_eq!(c.uploads.path(Path::new("/d")), PathBuf::from("/d/uploads"));
         let c = Config::load_with_env(
             None,
@@ -922,7 +1056,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.game.world_max_x, 500.0);
-        assert_eq!(c.game.latest_per, "topic");
+        assert_eq!(c.game.latest_per, LatestPer::Topic);
         assert_eq!(c.audio.budget_frames(), 5);
         assert_eq!(c.uploads.max_file_size, 1000);
         for bad in [

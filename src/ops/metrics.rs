@@ -10,7 +10,7 @@ macro_rules! shard_metrics {
         #[derive(Debug, Default)]
         #[repr(align(128))] // keep shards' counters on separate cache lines
         pub struct ShardMetrics {
-            $(pub $name: AtomicU64,)*
+            $(#[doc = $help] pub $name: AtomicU64,)*
         }
 
         impl ShardMetrics {
@@ -46,14 +46,17 @@ shard_metrics! {
 }
 
 impl ShardMetrics {
+    /// Adds 1 to a counter or gauge.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// Adds `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
 
+    /// Subtracts 1 from a gauge.
     pub fn dec(counter: &AtomicU64) {
         counter.fetch_sub(1, Relaxed);
     }
@@ -62,16 +65,19 @@ impl ShardMetrics {
 /// All shards' counters.
 #[derive(Debug)]
 pub struct Metrics {
+    /// One entry per shard, indexed by shard id.
     pub shards: Box<[ShardMetrics]>,
 }
 
 impl Metrics {
+    /// Zeroed counters for `shards` shards.
     pub fn new(shards: usize) -> Metrics {
         Metrics {
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
         }
     }
 
+    /// The counters of shard `id`; panics if there is no such shard.
     pub fn shard(&self, id: usize) -> &ShardMetrics {
         &self.shards[id]
     }
@@ -84,6 +90,7 @@ impl Metrics {
         out
     }
 
+    /// Open WebSocket connections, summed over the shards.
     pub fn total_connections(&self) -> u64 {
         self.shards
             .iter()

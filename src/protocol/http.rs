@@ -6,8 +6,11 @@ use std::collections::HashMap;
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
+    /// The request method, e.g. `GET`.
     pub method: String,
+    /// The request target before any `?`, not decoded.
     pub path: String,
+    /// Query parameters, percent-decoded, in order (repeats kept).
     pub query: Vec<(String, String)>,
     /// Header names lower-cased.
     pub headers: HashMap<String, String>,
@@ -15,10 +18,13 @@ pub struct RequestHead {
     pub head_len: usize,
 }
 
+/// Why a request head could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {
+    /// Not a valid HTTP/1.x request head (the parser's message).
     #[error("malformed HTTP request: {0}")]
     Malformed(String),
+    /// The head is longer than the limit of this many bytes.
     #[error("HTTP request head larger than {0} bytes")]
     TooLarge(usize),
 }

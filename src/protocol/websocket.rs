@@ -10,14 +10,23 @@ use tungstenite::protocol::frame::FrameHeader;
 
 /// Close codes the server sends.
 pub mod close_code {
+    /// 1000: normal closure.
     pub const NORMAL: u16 = 1000;
+    /// 1001: the server is going away (shutdown, idle timeout).
     pub const GOING_AWAY: u16 = 1001;
+    /// 1002: a violation of the WebSocket protocol.
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// 1003: a kind of data the endpoint cannot accept.
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// 1007: data inconsistent with its type (text that is not UTF-8).
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// 1008: a message that violates the server's policy.
     pub const POLICY_VIOLATION: u16 = 1008;
+    /// 1009: a frame or message over the size limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// 1011: unexpected condition (sent, like Phoenix, for an undecodable Phoenix message).
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// 1013: overloaded, try again later (sent to slow consumers).
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
@@ -28,7 +37,9 @@ pub enum WsEvent {
     Text(Bytes),
     /// A complete binary message.
     Binary(Bytes),
+    /// A ping, with its payload (at most 125 bytes) to echo in the pong.
     Ping(Bytes),
+    /// A pong, with its payload.
     Pong(Bytes),
     /// The client's close frame: code and reason when present.
     Close(Option<(u16, Bytes)>),
@@ -38,7 +49,9 @@ pub enum WsEvent {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("websocket protocol violation ({code}): {reason}")]
 pub struct WsViolation {
+    /// The close code to send (see [`close_code`]).
     pub code: u16,
+    /// What was wrong, for the close frame's reason and the logs.
     pub reason: &'static str,
 }
 
@@ -46,9 +59,12 @@ fn violation(code: u16, reason: &'static str) -> WsViolation {
     WsViolation { code, reason }
 }
 
+/// Size limits the decoder enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct DecoderLimits {
+    /// Largest payload of one frame, in bytes (over it: close 1009).
     pub max_frame_size: usize,
+    /// Largest message after reassembling its fragments, in bytes (over it: close 1009).
     pub max_message_size: usize,
 }
 
@@ -75,6 +91,7 @@ struct Fragmented {
 }
 
 impl WsDecoder {
+    /// A decoder at the start of a stream, enforcing `limits`.
     pub fn new(limits: DecoderLimits) -> Self {
         WsDecoder {
             limits,
@@ -291,10 +308,15 @@ pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
 /// Opcode of a server frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
+    /// A text data frame (opcode 0x1).
     Text,
+    /// A binary data frame (opcode 0x2).
     Binary,
+    /// A ping frame (opcode 0x9).
     Ping,
+    /// A pong frame (opcode 0xA).
     Pong,
+    /// A close frame (opcode 0x8).
     Close,
 }
 

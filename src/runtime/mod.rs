@@ -11,15 +11,15 @@
 //! - [`mailbox`]: a connection's shard-facing half (its mailbox and outbound queue).
 //! - [`transport`]: socket I/O.
 
-pub mod connection;
-pub mod inbox;
-pub mod interpret;
-pub mod mailbox;
-pub mod mesh;
-pub mod pubsub;
+pub(crate) mod connection;
+pub(crate) mod inbox;
+pub(crate) mod interpret;
+pub(crate) mod mailbox;
+pub(crate) mod mesh;
+pub(crate) mod pubsub;
 pub mod server;
-pub mod shard;
-pub mod topics;
+pub(crate) mod shard;
+pub(crate) mod topics;
 pub mod transport;
 
 use crate::core::Now;
@@ -36,7 +36,7 @@ pub fn owner_of(topic: &str, shards: usize) -> usize {
 }
 
 /// Reads both clocks: the runtime's edge is the one place the core's time comes from.
-pub fn now() -> Now {
+pub(crate) fn now() -> Now {
     Now {
         instant: std::time::Instant::now(),
         unix_ms: std::time::SystemTime::now()

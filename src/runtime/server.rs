@@ -12,16 +12,28 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Why the server failed to start or to stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A shard could not bind its listening socket.
     #[error("shard {shard} cannot listen on {addr}: {reason}")]
     Bind {
+        /// The shard that failed.
         shard: usize,
+        /// The configured listen address.
         addr: SocketAddr,
+        /// The bind error.
         reason: String,
     },
+    /// The executor (thread) of `shard` could not be spawned, or exited during start.
     #[error("shard {shard} executor failed to start: {reason}")]
-    Executor { shard: usize, reason: String },
+    Executor {
+        /// The shard that failed.
+        shard: usize,
+        /// The spawn error, or what went wrong.
+        reason: String,
+    },
+    /// The shard's thread panicked (seen when joined at shutdown).
     #[error("shard {0} panicked")]
     ShardPanicked(usize),
 }
@@ -34,6 +46,7 @@ pub struct ServerHandle {
     metrics: Arc<Metrics>,
 }
 
+/// Entry point: [`Server::start`].
 pub struct Server;
 
 impl Server {
@@ -151,10 +164,12 @@ fn stop_all(stop: Vec<flume::Sender<()>>, shards: Vec<ExecutorJoinHandle<()>>) {
 }
 
 impl ServerHandle {
+    /// The address the shards listen on, as configured (`listen`).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// Every shard's counters, as `/metrics` renders them.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

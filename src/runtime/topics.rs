@@ -113,11 +113,6 @@ impl<H: Sink> Topics<H> {
         }
     }
 
-    /// Subscribers of `topic` on this shard.
-    pub fn local_subscriber_count(&self, topic: &str) -> usize {
-        self.local.get(topic).map_or(0, |t| t.subscribers.len())
-    }
-
     /// Whether any shard (this one locally, or another as recorded here by the owner) has
     /// subscribers for `topic`. Only complete on the topic's owner.
     pub fn has_interest(&self, topic: &str) -> bool {

@@ -57,28 +57,42 @@ CREATE TABLE snapshots (
 ) WITHOUT ROWID;
 ";
 
+/// Why a document store request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database could not be opened or the store's thread started.
     #[error(transparent)]
     Start(#[from] worker::OpenError),
+    /// A SQLite error in the request.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The batch's transaction could not begin or commit; nothing in it was stored.
     #[error("commit failed: {0}")]
     Commit(String),
+    /// An append whose version is not the stored version plus one.
     #[error("document {doc:?}: version {version} does not follow the stored version {stored}")]
     Gap {
+        /// The document id.
         doc: String,
+        /// The version appended.
         version: u64,
+        /// The document's stored version.
         stored: u64,
     },
+    /// An operation cannot be read from (or encoded for) the log, or the log has a hole.
     #[error("document {doc:?}: stored operation {version} is unreadable: {message}")]
     Corrupt {
+        /// The document id.
         doc: String,
+        /// The version of the bad (or missing) operation.
         version: u64,
+        /// What is wrong with it.
         message: String,
     },
+    /// An append or snapshot of a document that is not stored.
     #[error("document {0:?} does not exist")]
     Missing(String),
+    /// The store's thread has stopped (or stopped before answering).
     #[error("the document store is not running")]
     Closed,
 }
@@ -86,16 +100,22 @@ pub enum StoreError {
 /// One logged operation with who made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
+    /// The operation, its version and the submitting client's `client_id` and `seq`.
     pub revision: Revision,
+    /// The author's user id.
     pub user_id: String,
+    /// When it was applied, in milliseconds since the Unix epoch.
     pub at_ms: i64,
 }
 
 /// What loading a document gives: a snapshot and the operations logged after it, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredDocument {
+    /// The text at `snapshot_version`.
     pub snapshot: String,
+    /// The version the snapshot is of.
     pub snapshot_version: u64,
+    /// The operations logged after the snapshot, oldest first.
     pub log: Vec<LogEntry>,
 }
 

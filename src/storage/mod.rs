@@ -10,6 +10,7 @@
 //! A full queue is not waited on: the call fails at once with [`StorageError::Overloaded`], so a
 //! burst sheds load at the edge instead of growing queues without bound.
 
+#[cfg(feature = "documents")]
 pub mod documents;
 mod schema;
 pub mod worker;
@@ -42,9 +43,13 @@ pub enum StorageError {
 /// A room's row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomRow {
+    /// The room's row id.
     pub id: i64,
+    /// The room's channel topic (`room:<id>`).
     pub topic: String,
+    /// When the room was created (first opened), in milliseconds since the Unix epoch.
     pub created_at_ms: i64,
+    /// Messages stored in the room since it was created.
     pub message_count: i64,
 }
 
@@ -53,26 +58,37 @@ pub struct RoomRow {
 pub struct MessageRow {
     /// Unique across the database, increasing in insertion order.
     pub id: i64,
+    /// The author's user id.
     pub user_id: String,
+    /// The author's display name when they sent it.
     pub user_name: String,
+    /// The message text.
     pub body: String,
+    /// When it was stored, in milliseconds since the Unix epoch.
     pub inserted_at_ms: i64,
 }
 
 /// A room and its latest messages, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomSnapshot {
+    /// The room's row.
     pub room: RoomRow,
+    /// Its latest messages (at most the `limit` asked for), oldest first.
     pub recent: Vec<MessageRow>,
 }
 
 /// Per-user session state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRow {
+    /// The user's id.
     pub user_id: String,
+    /// The user's display name, as last recorded by a join or message.
     pub name: String,
+    /// Latest activity (join, message or end), in milliseconds since the Unix epoch.
     pub last_activity_ms: i64,
+    /// When a channel of the user last ended, in milliseconds since the Unix epoch.
     pub last_disconnect_ms: Option<i64>,
+    /// Why the last channel ended (`leave`, `closed`, `rejoined`, `disconnect`, `crashed`).
     pub last_disconnect_reason: Option<String>,
 }
 
@@ -219,6 +235,7 @@ impl Storage {
         })
     }
 
+    /// The session state of `user_id`, if it was ever recorded.
     pub fn session(
         &self,
         user_id: &str,

@@ -7,6 +7,7 @@
 //! directory, opens the database, sets the pragmas (WAL, `synchronous`, busy timeout), applies
 //! the schema migrations (`PRAGMA user_version`), starts this loop and stops it.
 
+use crate::ops::config::Synchronous;
 use rusqlite::{Connection, Transaction};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -43,12 +44,11 @@ pub enum Sync {
 }
 
 impl Sync {
-    /// From the configuration word (`"full"` unless it says `"normal"`).
-    pub fn from_config(word: &str) -> Sync {
-        if word == "normal" {
-            Sync::Normal
-        } else {
-            Sync::Full
+    /// From the configuration (`synchronous = "full" | "normal"`).
+    pub fn from_config(synchronous: &Synchronous) -> Sync {
+        match synchronous {
+            Synchronous::Full => Sync::Full,
+            Synchronous::Normal => Sync::Normal,
         }
     }
 }

@@ -22,8 +22,11 @@ use std::collections::BTreeMap;
 pub struct Meta {
     /// Unique, opaque; a new one for every change.
     pub phx_ref: String,
+    /// Display name of the user.
     pub name: String,
+    /// User-set status (`"online"` unless the join or a `status` event sets another).
     pub status: String,
+    /// Whether this connection's user is typing.
     pub typing: bool,
     /// RFC 3339 time of the join.
     pub joined_at: String,
@@ -35,6 +38,7 @@ pub struct Meta {
 /// The metas of one key.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Presence {
+    /// One meta per connection of the key, least recently changed first.
     pub metas: Vec<Meta>,
 }
 
@@ -44,7 +48,9 @@ pub type State = BTreeMap<String, Presence>;
 /// A `presence_diff` payload.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Diff {
+    /// Metas added, by key.
     pub joins: State,
+    /// Metas removed, by key (matched by `phx_ref`).
     pub leaves: State,
 }
 
@@ -63,6 +69,7 @@ impl Diff {
         d
     }
 
+    /// Whether the diff has neither joins nor leaves.
     pub fn is_empty(&self) -> bool {
         self.joins.is_empty() && self.leaves.is_empty()
     }
@@ -121,14 +128,17 @@ impl Presences {
         Some(diff)
     }
 
+    /// The whole state, as sent in `presence_state`.
     pub fn state(&self) -> &State {
         &self.state
     }
 
+    /// The metas of `key`, if it is present.
     pub fn get(&self, key: &str) -> Option<&Presence> {
         self.state.get(key)
     }
 
+    /// The meta `phx_ref` of `key`, if present.
     pub fn meta(&self, key: &str, phx_ref: &str) -> Option<&Meta> {
         self.state
             .get(key)?
@@ -147,6 +157,7 @@ impl Presences {
         self.metas
     }
 
+    /// Whether no one is present.
     pub fn is_empty(&self) -> bool {
         self.state.is_empty()
     }

@@ -44,8 +44,11 @@ impl RefGen {
 /// A connection present on the topic.
 #[derive(Debug, Clone)]
 pub struct Member {
+    /// Key (user id) the connection is present under.
     pub key: String,
+    /// `phx_ref` of the connection's current meta.
     pub phx_ref: String,
+    /// Where the connection's channel on this topic is reached.
     pub addr: ConnAddr,
 }
 
@@ -62,7 +65,9 @@ pub struct Joined {
 /// What a leave did.
 #[derive(Debug, Clone)]
 pub struct Left {
+    /// Key (user id) the connection was present under.
     pub key: String,
+    /// The meta removed.
     pub meta: Meta,
     /// The key's last connection went (announce the user left).
     pub last_of_key: bool,
@@ -73,6 +78,7 @@ pub struct Left {
 /// What an update did.
 #[derive(Debug)]
 pub struct Updated {
+    /// Key (user id) of the updated connection.
     pub key: String,
     /// The key's typing state (any connection typing) changed to this.
     pub typing_now: Option<bool>,
@@ -86,22 +92,27 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// The topic's presence state.
     pub fn presences(&self) -> &Presences {
         &self.presences
     }
 
+    /// The membership of connection `conn`, if it is present.
     pub fn member(&self, conn: ConnId) -> Option<&Member> {
         self.members.get(&conn)
     }
 
+    /// Every connection present, in no particular order.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
         self.members.values()
     }
 
+    /// Connections present (not distinct users).
     pub fn member_count(&self) -> usize {
         self.members.len()
     }
 
+    /// Whether no connection is present.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }

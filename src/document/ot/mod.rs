@@ -34,23 +34,51 @@ pub enum Component {
 /// Why an operation could not be parsed, applied, transformed, composed or converted.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum OpError {
+    /// The operation's base length `expected` differs from the document's length `actual`.
     #[error("operation applies to a document of length {expected}, but the document has length {actual}")]
-    BaseLength { expected: usize, actual: usize },
+    BaseLength {
+        /// The operation's base length.
+        expected: usize,
+        /// The document's length.
+        actual: usize,
+    },
+    /// An insert or delete at `position` lies beyond a document of `len` units.
     #[error("position {position} is out of range for a document of length {len}")]
-    PositionOutOfRange { position: usize, len: usize },
+    PositionOutOfRange {
+        /// The position (for a delete, its end).
+        position: usize,
+        /// The document's length.
+        len: usize,
+    },
+    /// A JSON field is missing or has the wrong type or value.
     #[error("\"{field}\" must be {expected}")]
     InvalidField {
+        /// Name of the JSON field (`component` for an ot.js array entry).
         field: &'static str,
+        /// What the field must be, for the message.
         expected: &'static str,
     },
+    /// A simple operation's `type` other than `insert` or `delete`.
     #[error("unknown operation type {0:?}")]
     UnknownType(String),
+    /// An empty JSON array.
     #[error("empty operation list")]
     Empty,
+    /// The operation's [`size`](Operation::size) (or list length) `size` exceeds the limit `max`.
     #[error("operation size {size} exceeds the limit of {max}")]
-    TooLarge { size: usize, max: usize },
+    TooLarge {
+        /// The operation's size (or the list's length).
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A UTF-16 position or length at `offset` falls between the halves of a surrogate pair.
     #[error("UTF-16 offset {offset} splits a surrogate pair")]
-    SplitsSurrogatePair { offset: usize },
+    SplitsSurrogatePair {
+        /// The offset, in UTF-16 code units.
+        offset: usize,
+    },
+    /// JSON that is not an operation in either form (the reason says what is wrong).
     #[error("malformed operation: {0}")]
     Malformed(&'static str),
 }
@@ -161,6 +189,7 @@ impl<U: Unit> Operation<U> {
         }
     }
 
+    /// The normalized components, in document order.
     pub fn components(&self) -> &[Component] {
         &self.components
     }
@@ -196,6 +225,7 @@ impl<U: Unit> Operation<U> {
                 .sum::<usize>()
     }
 
+    /// Appends a retain of `n` units, merged into a preceding retain (no-op for 0).
     pub fn retain(&mut self, n: usize) -> &mut Self {
         if n == 0 {
             return self;
@@ -210,6 +240,8 @@ impl<U: Unit> Operation<U> {
         self
     }
 
+    /// Appends an insert of `text`, placed before a trailing delete and merged into an adjacent
+    /// insert (no-op for "").
     pub fn insert(&mut self, text: &str) -> &mut Self {
         if text.is_empty() {
             return self;
@@ -231,6 +263,7 @@ impl<U: Unit> Operation<U> {
         self
     }
 
+    /// Appends a delete of `n` units, merged into a preceding delete (no-op for 0).
     pub fn delete(&mut self, n: usize) -> &mut Self {
         if n == 0 {
             return self;

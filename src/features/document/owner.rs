@@ -36,13 +36,18 @@ pub enum Offsets {
 /// Why a join cannot be served after its reply was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// The document does not exist (and is not created on join).
     NotFound,
+    /// The document already has its most joined channels.
     Full,
+    /// The shard has its most documents loaded and none idle to unload.
     Overloaded,
+    /// The store failed to load the document.
     Storage,
 }
 
 impl Refusal {
+    /// The `reason` sent to the client.
     pub fn reason(self) -> &'static str {
         match self {
             Refusal::NotFound => super::NOT_FOUND,
@@ -64,29 +69,44 @@ pub enum ToChannel {
     Refused(Refusal),
     /// The answer to an `operation` push.
     Reply {
+        /// The push being answered.
         to: ReplyRef,
+        /// `ok` once the operation is durable, `error` if it was refused.
         status: ReplyStatus,
+        /// The acknowledgement (version and `seq`) or the error.
         payload: Payload,
     },
 }
 
+/// A channel's join, sent to the document's owner.
 pub struct JoinRequest {
+    /// The joining channel, which gets the state, a catch-up or a refusal.
     pub addr: Addr<ToChannel>,
+    /// The unit the client counts positions in (for catch-ups and broadcasts).
     pub offsets: Offsets,
     /// The version the client last knew (a re-join), if any.
     pub since: Option<u64>,
 }
 
+/// An `operation` push, sent from the channel to the document's owner.
 pub struct OpRequest {
+    /// The sending channel.
     pub addr: Addr<ToChannel>,
+    /// The push to answer once the operation is durable (or refused).
     pub reply: ReplyRef,
+    /// The sender's user id, recorded as the revision's author.
     pub user_id: Arc<str>,
     /// Whether `user_id` is stable across connections (a token's), so it can scope client ids.
     pub authenticated: bool,
+    /// The unit the operation's positions and lengths are counted in.
     pub offsets: Offsets,
+    /// The operation's JSON as sent (simple or ot.js form); parsed on the owner.
     pub op: Value,
+    /// The document version `op` is based on.
     pub version: u64,
+    /// The client-chosen id (1 to 128 bytes) that, with `seq`, lets a resend be recognized.
     pub client_id: Option<String>,
+    /// The client's sequence number of the operation; with `client_id`, detects resends.
     pub seq: Option<u64>,
 }
 

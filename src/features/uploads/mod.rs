@@ -50,10 +50,13 @@ pub const PREFIX: &str = "uploads:";
 /// Room left in a WebSocket message for the Phoenix binary header and the chunk header.
 const MESSAGE_OVERHEAD: usize = 5 + 4 * 255 + upload::CHUNK_HEADER_LEN;
 
+/// [`UploadServices::open`] could not prepare the uploads directories.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot prepare the uploads directory {}: {source}", path.display())]
 pub struct UploadSetupError {
+    /// The directory or file that could not be created, read or removed.
     pub path: PathBuf,
+    /// The I/O error.
     pub source: std::io::Error,
 }
 

@@ -16,21 +16,35 @@ pub const HEADER_FIXED_LEN: usize = 2 + 8 + 4;
 /// The header of an `audio_stream` message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AudioStreamHeader<'a> {
+    /// The sender's user id (at most 65535 bytes).
     pub user_id: &'a str,
+    /// When the server relayed the frame, in milliseconds since the Unix epoch.
     pub server_timestamp_ms: u64,
+    /// The sender's frame count on the topic, from 0 (wrapping); a gap means frames dropped.
     pub seq: u32,
 }
 
+/// Why an audio frame or `audio_stream` message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AudioError {
+    /// An `audio_data` payload of 0 bytes.
     #[error("an audio frame must not be empty")]
     Empty,
+    /// A frame of `len` bytes, over the limit of `max`.
     #[error("audio frame of {len} bytes, more than the limit of {max}")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// The frame's size, in bytes.
+        len: usize,
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// The sender's user id does not fit the header's `u16` length.
     #[error("a user id longer than 65535 bytes")]
     UserIdTooLong,
+    /// A message to decode ends inside its header.
     #[error("message is shorter than its header")]
     Truncated,
+    /// The decoded user id is not valid UTF-8.
     #[error("the user id is not UTF-8")]
     UserIdNotUtf8,
 }

@@ -9,6 +9,7 @@
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+#[cfg(feature = "bulk")]
 use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer};
 
 /// The zstd frame magic number (little-endian on the wire).
@@ -17,9 +18,12 @@ pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// The only document `type` accepted.
 pub const BULK_UPDATE_TYPE: &str = "bulk_update";
 
+/// Limits of one bulk update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BulkLimits {
+    /// Largest compressed input (the zstd frame), in bytes.
     pub max_compressed: usize,
+    /// Largest decompressed content, in bytes.
     pub max_decompressed: usize,
     /// Elements of `updates` at most.
     pub max_updates: usize,
@@ -35,30 +39,62 @@ impl Default for BulkLimits {
     }
 }
 
+/// Why a `compressed_data` payload was refused, or a document could not be compressed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BulkError {
+    /// The compressed input is `len` bytes, over the limit of `max`.
     #[error("compressed data of {len} bytes, more than the limit of {max}")]
-    CompressedTooLarge { len: usize, max: usize },
+    CompressedTooLarge {
+        /// The input's size, in bytes.
+        len: usize,
+        /// [`BulkLimits::max_compressed`].
+        max: usize,
+    },
+    /// The input does not start with [`ZSTD_MAGIC`].
     #[error("not a zstd frame")]
     NotZstd,
+    /// zstd cannot read the frame header.
     #[error("the zstd frame header is invalid")]
     BadHeader,
+    /// The frame header declares `declared` content bytes, over the limit of `max`.
     #[error("the frame declares {declared} bytes of content, more than the limit of {max}")]
-    DeclaredTooLarge { declared: u64, max: usize },
+    DeclaredTooLarge {
+        /// The content size the frame header declares, in bytes.
+        declared: u64,
+        /// [`BulkLimits::max_decompressed`].
+        max: usize,
+    },
+    /// The content (or the frame's window) is over the limit of `max` bytes.
     #[error("the content is larger than the limit of {max} bytes")]
-    DecompressedTooLarge { max: usize },
+    DecompressedTooLarge {
+        /// [`BulkLimits::max_decompressed`].
+        max: usize,
+    },
+    /// The decoder failed on the frame (the reason is zstd's error name).
     #[error("the zstd frame is corrupt: {0}")]
     Corrupt(&'static str),
+    /// The input ends before the frame does.
     #[error("the zstd frame is truncated")]
     Truncated,
+    /// `extra` bytes follow the end of the one frame accepted.
     #[error("{extra} bytes after the zstd frame")]
-    TrailingData { extra: usize },
+    TrailingData {
+        /// Bytes after the frame.
+        extra: usize,
+    },
+    /// The content is not a bulk update document: bad JSON or a missing field (says which).
     #[error("the content is not a bulk update document: {0}")]
     Json(String),
+    /// The document's `type` is not [`BULK_UPDATE_TYPE`].
     #[error("unknown document type (expected \"bulk_update\")")]
     UnknownType,
+    /// `updates` has more than `max` elements.
     #[error("more than {max} updates")]
-    TooManyUpdates { max: usize },
+    TooManyUpdates {
+        /// [`BulkLimits::max_updates`].
+        max: usize,
+    },
+    /// [`compress`] failed (the reason is zstd's error name).
     #[error("compression failed: {0}")]
     Compress(&'static str),
 }
@@ -82,19 +118,24 @@ impl BulkError {
     }
 }
 
+#[cfg(feature = "bulk")]
 /// Smallest `windowLogMax` zstd accepts.
 const MIN_WINDOW_LOG: u32 = 10;
+#[cfg(feature = "bulk")]
 /// Largest window zstd supports on 64-bit targets.
 const MAX_WINDOW_LOG: u32 = 31;
+#[cfg(feature = "bulk")]
 /// First output allocation when the frame does not declare its size.
 const INITIAL_OUTPUT: usize = 64 * 1024;
 
+#[cfg(feature = "bulk")]
 /// The window log that lets frames of up to `max` content bytes decode, and no larger window.
 fn window_log_max(max: usize) -> u32 {
     let log = usize::BITS - max.saturating_sub(1).leading_zeros();
     log.clamp(MIN_WINDOW_LOG, MAX_WINDOW_LOG)
 }
 
+#[cfg(feature = "bulk")]
 /// Decompresses exactly one zstd frame of at most `limits.max_decompressed` content bytes.
 pub fn decompress_bounded(src: &[u8], limits: &BulkLimits) -> Result<Vec<u8>, BulkError> {
     let max = limits.max_decompressed;
@@ -159,6 +200,7 @@ pub fn decompress_bounded(src: &[u8], limits: &BulkLimits) -> Result<Vec<u8>, Bu
     }
 }
 
+#[cfg(feature = "bulk")]
 /// Whether the frame has content left past a full output buffer (asks for one byte, on the stack).
 fn more_output(dctx: &mut DCtx<'_>, input: &mut InBuffer<'_>) -> Result<bool, BulkError> {
     let mut probe = [0u8; 1];
@@ -180,6 +222,7 @@ fn more_output(dctx: &mut DCtx<'_>, input: &mut InBuffer<'_>) -> Result<bool, Bu
     }
 }
 
+#[cfg(feature = "bulk")]
 fn corrupt_or_window(code: usize, max: usize) -> BulkError {
     let name = zstd_safe::get_error_name(code);
     if name.contains("too much memory") || name.contains("window") {
@@ -190,6 +233,7 @@ fn corrupt_or_window(code: usize, max: usize) -> BulkError {
     }
 }
 
+#[cfg(feature = "bulk")]
 fn finish(input: &InBuffer<'_>, src: &[u8], out: Vec<u8>) -> Result<Vec<u8>, BulkError> {
     match src.len() - input.pos() {
         0 => Ok(out),
@@ -197,6 +241,7 @@ fn finish(input: &InBuffer<'_>, src: &[u8], out: Vec<u8>) -> Result<Vec<u8>, Bul
     }
 }
 
+#[cfg(feature = "bulk")]
 /// Compresses `content` as one zstd frame (with its content size) at `level`.
 pub fn compress(content: &[u8], level: i32) -> Result<Vec<u8>, BulkError> {
     let mut out = Vec::with_capacity(zstd_safe::compress_bound(content.len()));
@@ -208,6 +253,7 @@ pub fn compress(content: &[u8], level: i32) -> Result<Vec<u8>, BulkError> {
 /// A validated bulk update document: its `updates` are slices of the document's JSON text.
 #[derive(Debug)]
 pub struct BulkUpdate<'a> {
+    /// Each element of `updates`, as raw JSON, in order.
     pub updates: Vec<&'a RawValue>,
 }
 
@@ -337,6 +383,7 @@ pub fn encode_document<T: serde::Serialize>(updates: &[T]) -> Vec<u8> {
     .expect("serializing plain data to a Vec cannot fail")
 }
 
+#[cfg(feature = "bulk")]
 /// A `compressed_data` payload: `updates` as a document, compressed at `level`.
 pub fn encode_compressed<T: serde::Serialize>(
     updates: &[T],
@@ -345,6 +392,7 @@ pub fn encode_compressed<T: serde::Serialize>(
     compress(&encode_document(updates), level)
 }
 
+#[cfg(feature = "bulk")]
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,7 @@ const _: () = assert!(std::mem::size_of::<Position>() == POSITION_LEN);
 const _: () = assert!(std::mem::align_of::<Position>() == 1);
 
 impl Position {
+    /// A record of `player_id` at (`x`, `y`).
     pub fn new(player_id: u32, x: f32, y: f32) -> Position {
         Position {
             player_id: player_id.to_le_bytes(),
@@ -45,14 +46,17 @@ impl Position {
         }
     }
 
+    /// The player this position is of.
     pub fn player_id(&self) -> u32 {
         u32::from_le_bytes(self.player_id)
     }
 
+    /// X coordinate.
     pub fn x(&self) -> f32 {
         f32::from_le_bytes(self.x)
     }
 
+    /// Y coordinate.
     pub fn y(&self) -> f32 {
         f32::from_le_bytes(self.y)
     }
@@ -71,9 +75,13 @@ impl std::fmt::Debug for Position {
 /// The playing field; coordinates outside it (or not finite) are refused.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WorldBounds {
+    /// Smallest x allowed (inclusive).
     pub min_x: f32,
+    /// Largest x allowed (inclusive).
     pub max_x: f32,
+    /// Smallest y allowed (inclusive).
     pub min_y: f32,
+    /// Largest y allowed (inclusive).
     pub max_y: f32,
 }
 
@@ -161,11 +169,15 @@ impl ObjectTypes {
 /// What [`GameState::parse`] accepts.
 #[derive(Debug, Clone)]
 pub struct GameStateLimits {
+    /// Where positions and objects must lie.
     pub bounds: WorldBounds,
+    /// Most position records in one message.
     pub max_positions: u32,
+    /// Most object records in one message.
     pub max_objects: u32,
     /// Largest `data` of one object, in bytes.
     pub max_object_data: u32,
+    /// The object types a message may name.
     pub object_types: ObjectTypes,
 }
 
@@ -186,38 +198,108 @@ impl GameStateLimits {
 /// Why a `game_state` is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GameStateError {
+    /// The message is `len` bytes, shorter than [`HEADER_LEN`].
     #[error("message is {len} bytes, shorter than the 8-byte header")]
-    MissingHeader { len: usize },
+    MissingHeader {
+        /// The message's length, in bytes.
+        len: usize,
+    },
+    /// The header's `position_count` is `count`, over the limit of `max`.
     #[error("{count} positions, more than the limit of {max}")]
-    TooManyPositions { count: u32, max: u32 },
+    TooManyPositions {
+        /// The header's `position_count`.
+        count: u32,
+        /// [`GameStateLimits::max_positions`].
+        max: u32,
+    },
+    /// The header's `object_count` is `count`, over the limit of `max`.
     #[error("{count} objects, more than the limit of {max}")]
-    TooManyObjects { count: u32, max: u32 },
+    TooManyObjects {
+        /// The header's `object_count`.
+        count: u32,
+        /// [`GameStateLimits::max_objects`].
+        max: u32,
+    },
+    /// The message ends before its position records do.
     #[error("{count} positions need {needed} bytes after the header, the message has {available}")]
     PositionsTruncated {
+        /// The header's `position_count`.
         count: u32,
+        /// Bytes the position records take (`count` × [`POSITION_LEN`], saturating).
         needed: usize,
+        /// Bytes left after the header.
         available: usize,
     },
+    /// Position `index` has a NaN or infinite coordinate.
     #[error("position {index}: coordinates are not finite")]
-    PositionNotFinite { index: u32 },
+    PositionNotFinite {
+        /// The position's index, from 0.
+        index: u32,
+    },
+    /// Position `index` lies outside the world bounds.
     #[error("position {index}: coordinates are outside the world bounds")]
-    PositionOutOfBounds { index: u32 },
+    PositionOutOfBounds {
+        /// The position's index, from 0.
+        index: u32,
+    },
+    /// The message ends inside object `index` (its length or its record).
     #[error("object {index}: the message ends inside its record")]
-    ObjectTruncated { index: u32 },
+    ObjectTruncated {
+        /// The object's index, from 0.
+        index: u32,
+    },
+    /// Object `index` declares a record of `len` bytes, less than [`OBJECT_FIXED_LEN`].
     #[error("object {index}: record length {len} is shorter than its fixed fields (10 bytes)")]
-    ObjectTooShort { index: u32, len: u32 },
+    ObjectTooShort {
+        /// The object's index, from 0.
+        index: u32,
+        /// The record length it declares.
+        len: u32,
+    },
+    /// Object `index`: its `type_len`-byte type and coordinates overrun its `len`-byte record.
     #[error("object {index}: type length {type_len} does not fit the record length {len}")]
-    ObjectTypeOverrun { index: u32, type_len: u16, len: u32 },
+    ObjectTypeOverrun {
+        /// The object's index, from 0.
+        index: u32,
+        /// The type name's declared length.
+        type_len: u16,
+        /// The record length it declares.
+        len: u32,
+    },
+    /// Object `index` names a type that is not configured.
     #[error("object {index}: the type is not one of the configured object types")]
-    UnknownObjectType { index: u32 },
+    UnknownObjectType {
+        /// The object's index, from 0.
+        index: u32,
+    },
+    /// Object `index` has `len` bytes of data, over the limit of `max`.
     #[error("object {index}: {len} bytes of data, more than the limit of {max}")]
-    ObjectDataTooLarge { index: u32, len: usize, max: u32 },
+    ObjectDataTooLarge {
+        /// The object's index, from 0.
+        index: u32,
+        /// Bytes of data.
+        len: usize,
+        /// [`GameStateLimits::max_object_data`].
+        max: u32,
+    },
+    /// Object `index` has a NaN or infinite coordinate.
     #[error("object {index}: coordinates are not finite")]
-    ObjectNotFinite { index: u32 },
+    ObjectNotFinite {
+        /// The object's index, from 0.
+        index: u32,
+    },
+    /// Object `index` lies outside the world bounds.
     #[error("object {index}: coordinates are outside the world bounds")]
-    ObjectOutOfBounds { index: u32 },
+    ObjectOutOfBounds {
+        /// The object's index, from 0.
+        index: u32,
+    },
+    /// `extra` bytes follow the last object record.
     #[error("{extra} bytes after the last record")]
-    TrailingBytes { extra: usize },
+    TrailingBytes {
+        /// Bytes after the last record.
+        extra: usize,
+    },
 }
 
 impl GameStateError {
@@ -336,14 +418,17 @@ impl<'a> GameState<'a> {
         self.bytes
     }
 
+    /// The position records, in place in the message.
     pub fn positions(&self) -> &'a [Position] {
         self.positions
     }
 
+    /// Number of object records.
     pub fn object_count(&self) -> u32 {
         self.object_count
     }
 
+    /// The object records, decoded one by one as iterated.
     pub fn objects(&self) -> Objects<'a> {
         Objects {
             bytes: self.objects,
@@ -395,9 +480,13 @@ fn check_object(
 /// One object of a validated state.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Object<'a> {
+    /// The object type, one of the configured [`ObjectTypes`].
     pub kind: &'a str,
+    /// X coordinate, finite and within the world bounds.
     pub x: f32,
+    /// Y coordinate, finite and within the world bounds.
     pub y: f32,
+    /// The record's bytes after the coordinates (opaque, at most `max_object_data`).
     pub data: &'a [u8],
 }
 
@@ -436,19 +525,26 @@ impl<'a> Iterator for Objects<'a> {
 /// An object to encode.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ObjectRecord<'a> {
+    /// The object type name (at most 65535 bytes).
     pub kind: &'a str,
+    /// X coordinate.
     pub x: f32,
+    /// Y coordinate.
     pub y: f32,
+    /// Opaque object data, written after the coordinates.
     pub data: &'a [u8],
 }
 
 /// Why a state cannot be encoded in this layout.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GameStateEncodeError {
+    /// More than `u32::MAX` positions or objects.
     #[error("more than u32::MAX records")]
     TooManyRecords,
+    /// An object's type name is over 65535 bytes (its length is a `u16`).
     #[error("an object type longer than 65535 bytes")]
     TypeTooLong,
+    /// An object's record (fixed fields, type and data) is over `u32::MAX` bytes.
     #[error("an object record longer than u32::MAX bytes")]
     ObjectTooLong,
 }

@@ -11,6 +11,7 @@
 
 use serde::Deserialize;
 
+/// Bytes of an [`UploadId`].
 pub const UPLOAD_ID_LEN: usize = 16;
 /// `upload_id`, `chunk_index`, `total_chunks`.
 pub const CHUNK_HEADER_LEN: usize = UPLOAD_ID_LEN + 4 + 4;
@@ -20,10 +21,12 @@ pub const CHUNK_HEADER_LEN: usize = UPLOAD_ID_LEN + 4 + 4;
 pub struct UploadId(pub [u8; UPLOAD_ID_LEN]);
 
 impl UploadId {
+    /// 32 lowercase hex digits.
     pub fn to_hex(&self) -> String {
         to_hex(&self.0)
     }
 
+    /// Parses 32 hex digits (either case); `None` otherwise.
     pub fn from_hex(s: &str) -> Option<UploadId> {
         let mut out = [0u8; UPLOAD_ID_LEN];
         from_hex_into(s, &mut out).then_some(UploadId(out))
@@ -79,19 +82,35 @@ pub fn from_hex_into(s: &str, out: &mut [u8]) -> bool {
 /// The header of an `upload_chunk` message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkHeader {
+    /// The upload the chunk belongs to.
     pub upload_id: UploadId,
+    /// Which chunk this is, from 0; below `total_chunks`.
     pub chunk_index: u32,
+    /// Number of chunks in the file, at least 1.
     pub total_chunks: u32,
 }
 
+/// Why an `upload_chunk` message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChunkError {
+    /// The message is `len` bytes, shorter than [`CHUNK_HEADER_LEN`].
     #[error("message is {len} bytes, shorter than the 24-byte chunk header")]
-    Truncated { len: usize },
+    Truncated {
+        /// The message's length, in bytes.
+        len: usize,
+    },
+    /// `total_chunks` is 0.
     #[error("total_chunks must be at least 1")]
     NoChunks,
+    /// `chunk_index` `index` is not below `total_chunks` `total`.
     #[error("chunk_index {index} is not below total_chunks {total}")]
-    IndexOutOfRange { index: u32, total: u32 },
+    IndexOutOfRange {
+        /// The `chunk_index`.
+        index: u32,
+        /// The `total_chunks`.
+        total: u32,
+    },
+    /// The message has a header but no chunk bytes.
     #[error("a chunk must carry at least one byte")]
     Empty,
 }
@@ -137,7 +156,9 @@ pub fn encode_chunk(header: &ChunkHeader, data: &[u8], out: &mut Vec<u8>) {
 /// How a file of `size` bytes is cut into chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkPlan {
+    /// File size in bytes.
     pub size: u64,
+    /// Bytes of every chunk but the last.
     pub chunk_size: u32,
 }
 
@@ -152,6 +173,7 @@ impl ChunkPlan {
         self.size.div_ceil(u64::from(self.chunk_size))
     }
 
+    /// Number of chunks: `ceil(size / chunk_size)`.
     pub fn total_chunks(&self) -> u32 {
         self.count_u64() as u32
     }
@@ -174,11 +196,16 @@ impl ChunkPlan {
 /// `upload_start`: `{filename, size, sha256, chunk_size?, upload_id?}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct UploadStartRequest {
+    /// The client's name for the file.
     pub filename: String,
+    /// File size in bytes.
     pub size: u64,
+    /// SHA-256 of the whole file, as 64 hex digits.
     pub sha256: String,
+    /// Requested chunk size in bytes.
     #[serde(default)]
     pub chunk_size: Option<u32>,
+    /// The upload to resume, as 32 hex digits.
     #[serde(default)]
     pub upload_id: Option<String>,
 }
@@ -188,28 +215,38 @@ pub struct UploadStartRequest {
 pub struct UploadStart {
     /// The client's name for the file: metadata only, never part of a path.
     pub filename: String,
+    /// File size in bytes, at least 1.
     pub size: u64,
+    /// SHA-256 the completed file must have.
     pub sha256: [u8; 32],
+    /// Requested chunk size in bytes; `None` for the server's default.
     pub chunk_size: Option<u32>,
     /// Resume this upload.
     pub upload_id: Option<UploadId>,
 }
 
+/// Why an `upload_start` payload was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StartError {
+    /// The payload is not JSON of the request's shape (the parser's message).
     #[error("expected {{filename, size, sha256, chunk_size?, upload_id?}}: {0}")]
     Shape(String),
+    /// `filename` is empty, over 255 bytes, or has a control character.
     #[error("filename must be 1 to 255 bytes without control characters")]
     BadFilename,
+    /// `size` is 0.
     #[error("size must be at least 1 byte")]
     EmptyFile,
+    /// `sha256` is not 64 hex digits.
     #[error("sha256 must be 64 hex digits")]
     BadSha256,
+    /// `upload_id` is not 32 hex digits.
     #[error("upload_id must be 32 hex digits")]
     BadUploadId,
 }
 
 impl StartError {
+    /// A stable machine-readable reason, for error replies.
     pub fn code(&self) -> &'static str {
         match self {
             StartError::Shape(_) => "invalid_payload",

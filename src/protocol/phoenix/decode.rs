@@ -7,16 +7,22 @@ use std::borrow::Cow;
 /// Why a client frame is not a Phoenix message. Phoenix closes the socket (1011) on these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// A text frame that is not a message in the serializer's JSON shape (the parser's message).
     #[error("invalid JSON message: {0}")]
     Json(String),
+    /// A `join_ref` or `ref` that is not a string, a number or null.
     #[error("a ref must be a string, a number or null")]
     BadRef,
+    /// A binary frame on a socket that negotiated serializer V1.
     #[error("binary frames need serializer V2")]
     BinaryNeedsV2,
+    /// A binary message shorter than its header, or whose field lengths run past its end.
     #[error("binary message too short or lengths out of range")]
     BinaryTruncated,
+    /// A binary message whose kind byte is not a push (`0`).
     #[error("binary message kind {0} is not a client push")]
     BinaryKind(u8),
+    /// A binary message's topic, event or ref is not valid UTF-8.
     #[error("a field of the binary message is not UTF-8")]
     BinaryUtf8,
 }

@@ -8,27 +8,40 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub enum Outgoing<'a> {
     /// `phx_reply` to the client message `msg_ref` with `status` (`ok` / `error`).
     Reply {
+        /// The join ref of the message replied to.
         join_ref: Option<&'a str>,
+        /// The ref of the message replied to.
         msg_ref: Option<&'a str>,
+        /// The topic of the message replied to.
         topic: &'a str,
+        /// `ok` or `error`.
         status: &'a str,
+        /// The `response` of the reply.
         payload: &'a Payload,
     },
     /// Any other event. A push carries the join ref; a broadcast carries no refs; `phx_close`
     /// and `phx_error` carry the join ref in both positions.
     Event {
+        /// The channel's join ref (`None` for a broadcast).
         join_ref: Option<&'a str>,
+        /// `None`, except for `phx_close` / `phx_error`: the join ref again.
         msg_ref: Option<&'a str>,
+        /// The topic the event is on.
         topic: &'a str,
+        /// The event name.
         event: &'a str,
+        /// The payload, JSON or binary.
         payload: &'a Payload,
     },
 }
 
+/// Why a message cannot be encoded for a socket.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
+    /// A binary payload for a socket on serializer V1.
     #[error("serializer V1 cannot carry binary payloads")]
     BinaryNeedsV2,
+    /// A binary frame's ref, topic, event or status is over 255 bytes (its length is a `u8`).
     #[error(
         "a ref, topic, event or status longer than 255 bytes cannot be sent in a binary frame"
     )]

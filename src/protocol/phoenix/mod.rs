@@ -15,11 +15,17 @@ pub use payload::{Payload, PayloadError};
 
 /// Protocol events with a meaning to the socket itself.
 pub mod event {
+    /// Client → server: join a topic.
     pub const JOIN: &str = "phx_join";
+    /// Client → server: leave a topic.
     pub const LEAVE: &str = "phx_leave";
+    /// Server → client: the reply to a client message.
     pub const REPLY: &str = "phx_reply";
+    /// Server → client: the channel instance is closed (left, stopped or replaced by a rejoin).
     pub const CLOSE: &str = "phx_close";
+    /// Server → client: the channel crashed; the client may rejoin.
     pub const ERROR: &str = "phx_error";
+    /// Client → server keep-alive on [`HEARTBEAT_TOPIC`], answered with an ok reply.
     pub const HEARTBEAT: &str = "heartbeat";
     /// The topic heartbeats are sent on.
     pub const HEARTBEAT_TOPIC: &str = "phoenix";
@@ -49,10 +55,15 @@ impl Serializer {
 /// payload are slices of the received frame (copied only when the JSON string had escapes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
+    /// The ref of the join this message belongs to (the join's own ref on `phx_join`).
     pub join_ref: Option<ByteString>,
+    /// The message's own ref, echoed in its reply.
     pub msg_ref: Option<ByteString>,
+    /// The topic the message is for.
     pub topic: ByteString,
+    /// The event name, e.g. `phx_join` or a channel's own.
     pub event: ByteString,
+    /// The payload, JSON or binary.
     pub payload: Payload,
 }
 

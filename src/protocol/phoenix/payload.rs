@@ -5,14 +5,19 @@ use serde::{de::DeserializeOwned, Serialize};
 /// relayed without re-encoding) or raw binary.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Payload {
+    /// JSON text.
     Json(Bytes),
+    /// Raw bytes, carried only in serializer V2 binary frames.
     Binary(Bytes),
 }
 
+/// Why [`Payload::parse`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
+    /// The payload is binary.
     #[error("expected a JSON payload, got binary")]
     NotJson,
+    /// The JSON does not deserialize into the type asked for.
     #[error("payload does not match the expected shape: {0}")]
     Shape(#[from] serde_json::Error),
 }
@@ -35,6 +40,7 @@ impl Payload {
         Payload::Json(text.into())
     }
 
+    /// A binary payload (serializer V2 only).
     pub fn binary(data: impl Into<Bytes>) -> Payload {
         Payload::Binary(data.into())
     }
@@ -47,12 +53,14 @@ impl Payload {
         }
     }
 
+    /// The payload's bytes: the JSON text or the binary data.
     pub fn as_bytes(&self) -> &Bytes {
         match self {
             Payload::Json(b) | Payload::Binary(b) => b,
         }
     }
 
+    /// Whether this is a binary payload.
     pub fn is_binary(&self) -> bool {
         matches!(self, Payload::Binary(_))
     }

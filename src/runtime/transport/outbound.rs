@@ -27,6 +27,7 @@ use std::task::{Context, Poll, Waker};
 /// What [`Outbound::push_with`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
+    /// Appended to the queue.
     Queued,
     /// A queued frame with the same `Latest` key was replaced.
     Replaced,
@@ -63,10 +64,14 @@ enum State {
     Done,
 }
 
+/// Bounds of one connection's queue and writer.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Most frames queued at once; a push past it closes the connection (slow consumer).
     pub max_frames: usize,
+    /// Most bytes queued at once, likewise (a single larger frame still goes when alone).
     pub max_bytes: usize,
+    /// Most frames sent in one vectored write.
     pub batch_frames: usize,
 }
 
@@ -83,12 +88,14 @@ struct Inner {
     reader: Option<Waker>,
 }
 
+/// One connection's outbound queue, shared by its writer task and everything that sends to it.
 pub struct Outbound {
     inner: RefCell<Inner>,
     limits: Limits,
 }
 
 impl Outbound {
+    /// An empty, open queue bounded by `limits`.
     pub fn new(limits: Limits) -> Outbound {
         Outbound {
             inner: RefCell::new(Inner {
@@ -233,14 +240,17 @@ impl Outbound {
         self.inner.borrow().failed
     }
 
+    /// True if the connection was failed for exceeding the queue limits (closed with 1013).
     pub fn is_slow_consumer(&self) -> bool {
         self.inner.borrow().slow_consumer
     }
 
+    /// True once a close frame is queued or the queue is finished: no more frames are accepted.
     pub fn is_closing(&self) -> bool {
         self.inner.borrow().state != State::Open
     }
 
+    /// Frames and bytes queued and not yet fully written.
     pub fn queued(&self) -> (usize, usize) {
         let inner = self.inner.borrow();
         (inner.frames.len(), inner.queued_bytes)
@@ -255,6 +265,7 @@ impl Outbound {
         }
     }
 
+    /// Wakes the registered reader, if any (it then checks [`failed`](Self::failed)).
     pub fn wake_reader(&self) {
         if let Some(w) = self.inner.borrow_mut().reader.take() {
             w.wake();

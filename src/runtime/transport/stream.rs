@@ -14,21 +14,25 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+/// A connection's TCP stream, borrowed by its reader and writer only inside a `poll`.
 pub struct SharedStream {
     inner: RefCell<TcpStream>,
 }
 
 impl SharedStream {
+    /// Wraps an accepted stream.
     pub fn new(stream: TcpStream) -> SharedStream {
         SharedStream {
             inner: RefCell::new(stream),
         }
     }
 
+    /// Polls a read into `buf`, as [`AsyncRead::poll_read`].
     pub fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.inner.borrow_mut()).poll_read(cx, buf)
     }
 
+    /// Polls a write of `buf`, as [`AsyncWrite::poll_write`].
     pub fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.inner.borrow_mut()).poll_write(cx, buf)
     }
@@ -53,14 +57,17 @@ impl SharedStream {
             .send_vectored_with_flags(bufs, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     }
 
+    /// Makes a read that waits longer than `dur` fail with `TimedOut`; errors are ignored.
     pub fn set_read_timeout(&self, dur: Duration) {
         let _ = self.inner.borrow().set_read_timeout(Some(dur));
     }
 
+    /// Makes a write that waits longer than `dur` fail with `TimedOut`; errors are ignored.
     pub fn set_write_timeout(&self, dur: Duration) {
         let _ = self.inner.borrow().set_write_timeout(Some(dur));
     }
 
+    /// Shuts the write side down (the peer reads end of stream); errors are ignored.
     pub fn shutdown_write(&self) {
         let stream = self.inner.borrow();
         let _ = socket2::SockRef::from(&*stream).shutdown(Shutdown::Write);
