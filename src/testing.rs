@@ -287,6 +287,7 @@ impl TestServer {
     /// Connects a socket with these query parameters (`vsn=2.0.0` is implied).
     pub fn connect(&mut self, params: &[(&str, &str)]) -> Result<Client, ConnectRefused> {
         let info = ConnectInfo {
+            now: self.now,
             params: params
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -12,6 +12,8 @@ pub struct ConnectInfo {
     pub params: Vec<(String, String)>,
     /// The client's address.
     pub peer: SocketAddr,
+    /// When the upgrade arrived (token expiry is checked against it).
+    pub now: super::Now,
 }
 
 impl ConnectInfo {

@@ -471,7 +471,13 @@ fn create_secret(dir: &Path, path: &Path) -> Result<bool, AuthError> {
     result.map_err(write_err)
 }
 
-/// Seconds since the Unix epoch (token times).
+/// Unix milliseconds as token time (seconds), zero before the epoch.
+fn unix_secs(ms: i64) -> u64 {
+    u64::try_from(ms / 1000).unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch (token times), read from the clock: for minting tokens at the
+/// edge ([`Claims::new`], [`Authenticator::verify`]); channels check against the event's time.
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -571,7 +577,7 @@ impl SocketHandler for TokenAuth {
         match info.param("token").filter(|t| !t.is_empty()) {
             Some(token) => self
                 .auth
-                .verify(token)
+                .verify_at(token, unix_secs(info.now.unix_ms))
                 .map(Identity::from_claims)
                 .map_err(|e| {
                     tracing::debug!(peer = %info.peer, error = %e, "socket token refused");
@@ -618,6 +624,7 @@ pub fn authorize_join(
     socket: Option<&Identity>,
     payload: &Value,
     topic: &str,
+    now_ms: i64,
 ) -> Result<User, JoinDenied> {
     let socket_user = socket.map(|s| s.user.clone());
     let anonymous = socket.is_some_and(|s| s.anonymous);
@@ -627,7 +634,9 @@ pub fn authorize_join(
             (user, socket.and_then(|s| s.rooms.clone()))
         }
         Some(Value::String(token)) => {
-            let claims = auth.verify(token).map_err(|_| JoinDenied::InvalidToken)?;
+            let claims = auth
+                .verify_at(token, unix_secs(now_ms))
+                .map_err(|_| JoinDenied::InvalidToken)?;
             if let Some(socket_user) = socket_user.filter(|_| !anonymous) {
                 if socket_user.id != claims.sub {
                     return Err(JoinDenied::AccessDenied);
@@ -671,8 +680,14 @@ impl<C: Channel> Channel for Guarded<C> {
         payload: Payload,
     ) -> Result<Payload, Payload> {
         let params: Value = payload.parse().unwrap_or(Value::Null);
-        authorize_join(&self.auth, ctx.assigns::<Identity>(), &params, ctx.topic())
-            .map_err(JoinDenied::payload)?;
+        authorize_join(
+            &self.auth,
+            ctx.assigns::<Identity>(),
+            &params,
+            ctx.topic(),
+            ctx.now().unix_ms,
+        )
+        .map_err(JoinDenied::payload)?;
         self.inner.join(ctx, payload)
     }
 
@@ -704,6 +719,10 @@ mod tests {
     type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn now_ms() -> i64 {
+        unix_now() as i64 * 1000
+    }
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -913,44 +932,44 @@ mod tests {
         let socket = Some(Identity::from_claims(c.clone()));
         let none = Value::Null;
         assert_eq!(
-            authorize_join(&a, socket.as_ref(), &none, "room:1").map(|u| u.id),
+            authorize_join(&a, socket.as_ref(), &none, "room:1", now_ms()).map(|u| u.id),
             Ok("u1".to_string())
         );
         assert_eq!(
-            authorize_join(&a, socket.as_ref(), &none, "game:1"),
+            authorize_join(&a, socket.as_ref(), &none, "game:1", now_ms()),
             Err(JoinDenied::AccessDenied)
         );
         // A join token widens the rooms of the same user.
         let mut wide = c.clone();
         wide.rooms = Some(vec!["game:*".into()]);
         let p = json!({ "token": a.sign(&wide) });
-        assert!(authorize_join(&a, socket.as_ref(), &p, "game:1").is_ok());
+        assert!(authorize_join(&a, socket.as_ref(), &p, "game:1", now_ms()).is_ok());
         // ... but cannot switch users, and must be valid.
         let mut other = c.clone();
         other.sub = "u2".into();
         let p = json!({ "token": a.sign(&other) });
         assert_eq!(
-            authorize_join(&a, socket.as_ref(), &p, "room:1"),
+            authorize_join(&a, socket.as_ref(), &p, "room:1", now_ms()),
             Err(JoinDenied::AccessDenied)
         );
         let p = json!({ "token": "garbage" });
         assert_eq!(
-            authorize_join(&a, socket.as_ref(), &p, "room:1"),
+            authorize_join(&a, socket.as_ref(), &p, "room:1", now_ms()),
             Err(JoinDenied::InvalidToken)
         );
         let p = json!({ "token": 5 });
         assert_eq!(
-            authorize_join(&a, socket.as_ref(), &p, "room:1"),
+            authorize_join(&a, socket.as_ref(), &p, "room:1", now_ms()),
             Err(JoinDenied::InvalidToken)
         );
         // Without a rooms claim, anything routed.
         let mut open = c;
         open.rooms = None;
         let socket = Some(Identity::from_claims(open));
-        assert!(authorize_join(&a, socket.as_ref(), &none, "game:1").is_ok());
+        assert!(authorize_join(&a, socket.as_ref(), &none, "game:1", now_ms()).is_ok());
         // No identity at all (a socket accepted by another hook).
         assert_eq!(
-            authorize_join(&a, None, &none, "room:1"),
+            authorize_join(&a, None, &none, "room:1", now_ms()),
             Err(JoinDenied::AccessDenied)
         );
     }
@@ -958,6 +977,10 @@ mod tests {
     #[test]
     fn connect_hook() {
         let info = |params: &[(&str, &str)]| ConnectInfo {
+            now: crate::core::Now {
+                instant: std::time::Instant::now(),
+                unix_ms: now_ms(),
+            },
             params: params
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -1,13 +1,5 @@
-//! Wall-clock time as the features store (unix milliseconds) and show it (RFC 3339, UTC).
-
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+//! Wall-clock time as the features show it (RFC 3339, UTC); the time itself comes with each
+//! event (`ctx.now()`, `owner.now()`).
 
 /// `2024-05-01T12:34:56.789Z` for `ms` milliseconds since the Unix epoch.
 pub fn rfc3339_ms(ms: i64) -> String {

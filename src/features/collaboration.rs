@@ -132,6 +132,7 @@ impl Channel for CollaborationChannel {
             ctx.assigns::<Identity>(),
             &params,
             ctx.topic(),
+            ctx.now().unix_ms,
         )
         .map_err(JoinDenied::payload)?;
         if topic_id(ctx.topic(), PREFIX).is_none() {

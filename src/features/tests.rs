@@ -372,3 +372,16 @@ fn an_idle_document_leaves_memory_after_its_timeout_on_virtual_time() {
         &json!({"content": "x", "version": 1})
     );
 }
+
+#[test]
+fn token_expiry_is_checked_against_the_event_time_not_the_clock() {
+    let mut f = Fixture::new();
+    let now_secs = (f.server.now().unix_ms / 1000) as u64;
+    let mut claims = Claims::new("ada", "Ada", 0);
+    claims.exp = now_secs + 60;
+    let token = f.auth.sign(&claims);
+    assert!(f.server.connect(&[("token", &token)]).is_ok());
+    f.server.advance(Duration::from_secs(60));
+    let refused = f.server.connect(&[("token", &token)]).unwrap_err();
+    assert!(refused.reason.contains("expired"), "{}", refused.reason);
+}

@@ -121,6 +121,7 @@ fn route(
                 return text(400, b"unsupported vsn (1.0.0 or 2.0.0)");
             };
             let info = ConnectInfo {
+                now: super::now(),
                 params: head.query,
                 peer: peer.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
             };

@@ -209,6 +209,7 @@ impl Channel for DocumentChannel {
             ctx.assigns::<Identity>(),
             &params,
             ctx.topic(),
+            ctx.now().unix_ms,
         )
         .map_err(JoinDenied::payload)?;
         let id = topic_id(ctx.topic(), PREFIX).ok_or_else(|| reason("invalid_topic"))?;

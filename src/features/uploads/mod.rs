@@ -287,9 +287,15 @@ impl Channel for UploadChannel {
         let anonymous = ctx.assigns::<Identity>().is_some_and(|i| i.anonymous);
         let user = match &self.auth {
             Some(auth) => {
-                authorize_join(auth, ctx.assigns::<Identity>(), &params, ctx.topic())
-                    .map_err(JoinDenied::payload)?
-                    .id
+                authorize_join(
+                    auth,
+                    ctx.assigns::<Identity>(),
+                    &params,
+                    ctx.topic(),
+                    ctx.now().unix_ms,
+                )
+                .map_err(JoinDenied::payload)?
+                .id
             }
             None => ctx
                 .assigns::<Identity>()
