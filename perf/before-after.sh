@@ -5,11 +5,12 @@
 #
 #   perf/before-after.sh BEFORE_COMMIT [OUT_DIR]     (AFTER = this checkout)
 #   RUNS=3 DUR=4 perf/before-after.sh 0b16281 perf/results/2026-12-01-channel-core
+#   RATES="100 300" ECHO=0 ...      other fan-out rates (publishes/s to 1,000 subscribers), no echo
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BEFORE="${1:?usage: perf/before-after.sh BEFORE_COMMIT [OUT_DIR]}"
 OUT="${2:-perf/results/$(date -u +%Y-%m-%d)-before-after}"
-RUNS="${RUNS:-3}"; DUR="${DUR:-4}"
+RUNS="${RUNS:-3}"; DUR="${DUR:-4}"; RATES="${RATES:-1000 3000}"; ECHO="${ECHO:-1}"
 SERVER_CPU="${SERVER_CPU:-0}"; LOAD_CPU="${LOAD_CPU:-1}"
 mkdir -p "$OUT"
 
@@ -43,9 +44,10 @@ bench() { # label port scenario args...
   for run in $(seq "$RUNS"); do
     for name in before after; do
       port=$((port + 1)); start "$name" "$port"
-      bench "$name-fanout-1M-r$run" "$port" fanout --connections 1000 --payload 64 --rate 1000
-      bench "$name-fanout-3M-r$run" "$port" fanout --connections 1000 --payload 64 --rate 3000
-      bench "$name-echo-r$run" "$port" echo --connections 100 --payload 32
+      for rate in $RATES; do
+        bench "$name-fanout-${rate}-r$run" "$port" fanout --connections 1000 --payload 64 --rate "$rate"
+      done
+      [ "$ECHO" = 1 ] && bench "$name-echo-r$run" "$port" echo --connections 100 --payload 32
       kill "$PID"; wait "$PID" 2>/dev/null || true
     done
   done

@@ -181,3 +181,40 @@ fn the_token_subcommand_signs_with_the_secret_serve_uses() {
     let server = FeatureServer::start(&dir.0, |c| c.auth.secret = "k".repeat(40));
     assert_eq!(handshake_status(&server.socket_url(&token)), 101);
 }
+
+#[test]
+fn tokens_of_a_configured_identity_provider_key_are_accepted_at_connect_and_join() {
+    let dir = TempDir::new("auth-idp");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt");
+    let server = FeatureServer::start(&dir.0, |c| {
+        c.auth.public_keys = vec![shardcast::ops::config::PublicKeyConfig {
+            alg: shardcast::ops::config::KeyAlgorithm::ES256,
+            kid: Some("idp-1".into()),
+            pem: None,
+            pem_file: Some(fixtures.join("es256-public.pem")),
+        }];
+    });
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(
+        &std::fs::read(fixtures.join("es256-private.pem")).unwrap(),
+    )
+    .unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("idp-1".into());
+    let mut claims = Claims::new("idp-user", "Ida", 60);
+    claims.rooms = Some(vec!["room:*".into()]);
+    let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    let base = format!("ws://{}/socket/websocket?vsn=2.0.0", server.addr);
+    assert_eq!(handshake_status(&format!("{base}&token={token}")), 101);
+    let mut ws = connect(&server.socket_url(&token));
+    send_text(&mut ws, r#"["1","1","room:lobby","phx_join",{}]"#);
+    let reply = recv_json(&mut ws);
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+    assert_eq!(
+        reply[4]["response"]["user"],
+        json!({"id": "idp-user", "name": "Ida"})
+    );
+    // Another kid, or the same claims under another algorithm's name, are refused.
+    header.kid = Some("idp-2".into());
+    let other = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    assert_eq!(handshake_status(&format!("{base}&token={other}")), 403);
+}
