@@ -30,7 +30,7 @@ use crate::core::{
 };
 use crate::storage::{MessageRow, RoomRow, RoomSnapshot, StorageError};
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -310,12 +310,8 @@ pub(crate) fn send_reply<I: Send + 'static>(
 
 // --- The owner side -------------------------------------------------------------------------
 
-/// Rooms owned by this shard.
-#[derive(Default)]
-struct Rooms {
-    rooms: HashMap<String, Room>,
-}
-
+/// One room on its owner shard: per-topic owner state, created by the first join and dropped by
+/// the runtime once no shard has a subscriber and no history load or message commit is pending.
 #[derive(Default)]
 struct Room {
     tracker: Tracker,
@@ -349,12 +345,6 @@ struct Commit {
 }
 
 impl Room {
-    fn idle(&self) -> bool {
-        self.tracker.is_empty()
-            && self.next_seq == self.next_release
-            && !matches!(self.history, History::Loading { .. })
-    }
-
     /// Sends `room_state` to `addr`. Broadcasts the owner makes afterwards reach that connection
     /// after it (the connection's mailbox keeps the owner's order).
     fn send_room_state(&mut self, owner: &mut OwnerCtx<'_>, addr: &RoomAddr, state: Payload) {
@@ -408,11 +398,10 @@ fn owner_join(
     // From here on the joiner receives the room's broadcasts (its own join announcements
     // included); earlier messages are in the snapshot it is sent below.
     owner.open(&addr);
-    let rooms = owner.state::<Rooms>();
+    let room = owner.topic_state::<Room>();
     let refs = owner.state::<RefGen>();
-    let mut rooms = rooms.borrow_mut();
+    let mut room = room.borrow_mut();
     let topic = owner.topic().to_string();
-    let room = rooms.rooms.entry(topic.clone()).or_default();
     let name = meta.name.clone();
     let joined = room.tracker.join(
         owner,
@@ -424,9 +413,6 @@ fn owner_join(
     );
     let Some(joined) = joined else {
         owner.send(&addr, RoomInfo::JoinRefused("room_full"));
-        if room.idle() {
-            rooms.rooms.remove(&topic);
-        }
         return;
     };
     let online = room.tracker.presences().user_count();
@@ -468,12 +454,9 @@ fn owner_loaded(
     services: &Services,
     result: Result<RoomSnapshot, StorageError>,
 ) {
-    let rooms = owner.state::<Rooms>();
-    let mut rooms = rooms.borrow_mut();
+    let room = owner.topic_state::<Room>();
+    let mut room = room.borrow_mut();
     let topic = owner.topic().to_string();
-    let Some(room) = rooms.rooms.get_mut(&topic) else {
-        return;
-    };
     let waiters = match std::mem::take(&mut room.history) {
         History::Loading { waiters } => waiters,
         other => {
@@ -508,10 +491,7 @@ fn owner_loaded(
             room.send_room_state(owner, &addr, state.clone());
         }
     }
-    release(owner, room, services.rooms.history_limit);
-    if room.idle() {
-        rooms.rooms.remove(&topic);
-    }
+    release(owner, &mut room, services.rooms.history_limit);
 }
 
 fn owner_post(
@@ -522,14 +502,10 @@ fn owner_post(
     user: User,
     body: String,
 ) {
-    let rooms = owner.state::<Rooms>();
-    let mut rooms = rooms.borrow_mut();
+    let room = owner.topic_state::<Room>();
+    let mut room = room.borrow_mut();
     let topic = owner.topic().to_string();
-    let member = rooms
-        .rooms
-        .get_mut(&topic)
-        .filter(|r| r.tracker.member(addr.conn_id()).is_some());
-    let Some(room) = member else {
+    if room.tracker.member(addr.conn_id()).is_none() {
         owner.send(
             &addr,
             RoomInfo::Posted {
@@ -538,7 +514,7 @@ fn owner_post(
             },
         );
         return;
-    };
+    }
     let seq = room.next_seq;
     room.next_seq += 1;
     // Enqueued now, in this task: the storage thread commits (and numbers) in seq order.
@@ -548,18 +524,11 @@ fn owner_post(
             .insert_message(&topic, &user.id, &user.name, &body, owner.now().unix_ms);
     let limit = services.rooms.history_limit;
     owner.spawn_then(insert, move |owner, result| {
-        let rooms = owner.state::<Rooms>();
-        let mut rooms = rooms.borrow_mut();
-        let topic = owner.topic().to_string();
-        let Some(room) = rooms.rooms.get_mut(&topic) else {
-            // Unreachable: a room with a message in flight is kept.
-            return;
-        };
+        // The room is kept while its message is in flight (pending owner work).
+        let room = owner.topic_state::<Room>();
+        let mut room = room.borrow_mut();
         room.committed.insert(seq, Commit { result, addr, to });
-        release(owner, room, limit);
-        if room.idle() {
-            rooms.rooms.remove(&topic);
-        }
+        release(owner, &mut room, limit);
     });
 }
 
@@ -612,12 +581,8 @@ fn release(owner: &mut OwnerCtx<'_>, room: &mut Room, limit: usize) {
 }
 
 fn owner_leave(owner: &mut OwnerCtx<'_>, conn: ConnId) {
-    let rooms = owner.state::<Rooms>();
-    let mut rooms = rooms.borrow_mut();
-    let topic = owner.topic().to_string();
-    let Some(room) = rooms.rooms.get_mut(&topic) else {
-        return;
-    };
+    let room = owner.topic_state::<Room>();
+    let mut room = room.borrow_mut();
     if let Some(left) = room.tracker.leave(owner, conn) {
         if left.stopped_typing {
             let p = Payload::json(&json!({ "user_id": left.key, "typing": false }));
@@ -631,19 +596,12 @@ fn owner_leave(owner: &mut OwnerCtx<'_>, conn: ConnId) {
             );
         }
     }
-    if room.idle() {
-        rooms.rooms.remove(&topic);
-    }
 }
 
 fn owner_typing(owner: &mut OwnerCtx<'_>, conn: ConnId, typing: bool) {
-    let rooms = owner.state::<Rooms>();
+    let room = owner.topic_state::<Room>();
     let refs = owner.state::<RefGen>();
-    let mut rooms = rooms.borrow_mut();
-    let topic = owner.topic().to_string();
-    let Some(room) = rooms.rooms.get_mut(&topic) else {
-        return;
-    };
+    let mut room = room.borrow_mut();
     let updated = room
         .tracker
         .update(owner, &mut refs.borrow_mut(), conn, |m| m.typing = typing);
@@ -654,30 +612,23 @@ fn owner_typing(owner: &mut OwnerCtx<'_>, conn: ConnId, typing: bool) {
 }
 
 fn owner_status(owner: &mut OwnerCtx<'_>, conn: ConnId, status: String) {
-    let rooms = owner.state::<Rooms>();
+    let room = owner.topic_state::<Room>();
     let refs = owner.state::<RefGen>();
-    let mut rooms = rooms.borrow_mut();
-    let topic = owner.topic().to_string();
-    if let Some(room) = rooms.rooms.get_mut(&topic) {
-        room.tracker
-            .update(owner, &mut refs.borrow_mut(), conn, |m| m.status = status);
-    }
+    room.borrow_mut()
+        .tracker
+        .update(owner, &mut refs.borrow_mut(), conn, |m| m.status = status);
 }
 
 fn owner_query(owner: &mut OwnerCtx<'_>, addr: RoomAddr, to: ReplyRef) {
-    let rooms = owner.state::<Rooms>();
-    let rooms = rooms.borrow();
-    let topic: &str = owner.topic();
-    let payload = match rooms.rooms.get(topic) {
-        Some(room) => {
-            let p = room.tracker.presences();
-            json!({
-                "users": p.online_users().map(|(id, name)| json!({ "id": id, "name": name })).collect::<Vec<_>>(),
-                "typing_users": p.typing_users().collect::<Vec<_>>(),
-                "online_count": p.user_count(),
-            })
-        }
-        None => json!({ "users": [], "typing_users": [], "online_count": 0 }),
+    let room = owner.topic_state::<Room>();
+    let room = room.borrow();
+    let payload = {
+        let p = room.tracker.presences();
+        json!({
+            "users": p.online_users().map(|(id, name)| json!({ "id": id, "name": name })).collect::<Vec<_>>(),
+            "typing_users": p.typing_users().collect::<Vec<_>>(),
+            "online_count": p.user_count(),
+        })
     };
     owner.send(
         &addr,

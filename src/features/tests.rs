@@ -385,3 +385,19 @@ fn token_expiry_is_checked_against_the_event_time_not_the_clock() {
     let refused = f.server.connect(&[("token", &token)]).unwrap_err();
     assert!(refused.reason.contains("expired"), "{}", refused.reason);
 }
+
+#[test]
+fn a_room_lives_on_its_owner_while_it_has_members_or_pending_work() {
+    let mut f = Fixture::new();
+    let (ada, bo) = (f.user("ada"), f.user("bo"));
+    f.server.join(ada, "room:life", json!({}));
+    f.server
+        .push(ada, "room:life", "new_message", json!({"body": "kept"}));
+    f.server.disconnect(ada);
+    assert!(!f.server.owner_states().has_topic_state("room:life"));
+    // A new life reloads its history from storage.
+    f.server.join(bo, "room:life", json!({}));
+    let state = payloads(&f.server, bo, "room_state");
+    assert_eq!(state[0]["recent_messages"][0]["body"], "kept");
+    assert!(f.server.owner_states().has_topic_state("room:life"));
+}
