@@ -19,10 +19,10 @@
 use hdrhistogram::Histogram;
 use ropey::Rope;
 use serde_json::json;
+use shardcast::config::{DocumentsConfig, Synchronous};
 use shardcast::document::{
     Chars, Client, Document, DocumentLimits, Operation, Revision, Unit, Utf16,
 };
-use shardcast::ops::config::{DocumentsConfig, Synchronous};
 use shardcast::storage::documents::{DocumentStoreThread, LogEntry};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -267,7 +267,7 @@ fn durable_log() {
             synchronous: sync,
             ..DocumentsConfig::default()
         };
-        let thread = DocumentStoreThread::start(&config, &dir).expect("store starts");
+        let thread = DocumentStoreThread::start(&config.store_options(&dir)).expect("store starts");
         let store = thread.handle();
         futures_lite::future::block_on(store.load("bench", true)).expect("created");
         let mut writer = Writer::new(3);

@@ -6,7 +6,7 @@
 //! - [`protocol`]: pure codecs with no I/O — HTTP upgrade parsing, the RFC 6455 frame decoder and
 //!   encoder, the Phoenix Channels serializers, the binary fast-path layouts. [`document`]: the
 //!   pure operational-transform core.
-//! - [`ops`]: configuration, metrics and the health/metrics endpoints' bodies.
+//! - [`ops`]: metrics and the health/metrics endpoints' bodies.
 //! - [`core`]: the channel core with no runtime under it — the `Channel` trait and its context,
 //!   the one effect language, the Phoenix socket state machine, broadcasts and delivery
 //!   policies, owner tasks and their state, presence.
@@ -15,10 +15,16 @@
 //! - [`storage`]: the embedded database (SQLite on its own thread, batched transactions).
 //! - [`runtime`]: the only interpreter of effects — glommio shards, the flume mesh, topic tables,
 //!   connection sessions and socket I/O ([`runtime::transport`]).
-//! - [`features`]: the built-in channels, written with the public core API only.
+//! - [`features`]: the built-in channels, written with the public core API only; each owns its
+//!   configuration section.
+//! - [`config`]: the configuration file, composing every section (TOML, `SHARDCAST_*`).
+//! - [`app`]: the application `shardcast serve` runs (`default_app`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#[cfg(feature = "rooms")]
+pub mod app;
+pub mod config;
 pub mod core;
 #[cfg(feature = "documents")]
 pub mod document;
@@ -34,5 +40,5 @@ pub use crate::core::{
     App, Channel, ChannelCtx, ConnectInfo, ConnectRefused, HandleIn, Payload, ReplyRef,
     ReplyStatus, Router, SocketHandler,
 };
-pub use ops::config::Config;
+pub use config::Config;
 pub use runtime::server::{Server, ServerError, ServerHandle};

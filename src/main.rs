@@ -3,9 +3,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shardcast::app::default_app;
+use shardcast::config::LogFormat;
 use shardcast::features::auth::{resolve_secret, Authenticator, Claims, SecretSource};
-use shardcast::features::default_app;
-use shardcast::ops::config::LogFormat;
 use shardcast::storage::StorageThread;
 use shardcast::{Config, Server};
 use std::net::SocketAddr;
@@ -119,7 +119,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 cfg.data_dir = dir;
             }
             cfg.validate().context("invalid configuration")?;
-            let (key, source) = resolve_secret(&cfg).context("resolving the auth secret")?;
+            let (key, source) =
+                resolve_secret(&cfg.auth, &cfg.data_dir).context("resolving the auth secret")?;
             if let SecretSource::Generated(path) = &source {
                 eprintln!("generated a new auth secret in {}", path.display());
             }

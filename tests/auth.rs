@@ -187,8 +187,8 @@ fn tokens_of_a_configured_identity_provider_key_are_accepted_at_connect_and_join
     let dir = TempDir::new("auth-idp");
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt");
     let server = FeatureServer::start(&dir.0, |c| {
-        c.auth.public_keys = vec![shardcast::ops::config::PublicKeyConfig {
-            alg: shardcast::ops::config::KeyAlgorithm::ES256,
+        c.auth.public_keys = vec![shardcast::config::PublicKeyConfig {
+            alg: shardcast::config::KeyAlgorithm::ES256,
             kid: Some("idp-1".into()),
             pem: None,
             pem_file: Some(fixtures.join("es256-public.pem")),

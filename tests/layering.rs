@@ -21,7 +21,20 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("runtime", &["core", "protocol", "ops"]),
     (
         "features",
-        &["core", "protocol", "document", "ops", "storage", "testing"],
+        &["core", "protocol", "document", "ops", "storage"],
+    ),
+    (
+        "config",
+        &[
+            "runtime", "features", "storage", "ops", "core", "protocol", "document",
+        ],
+    ),
+    (
+        "app",
+        &[
+            "config", "features", "storage", "runtime", "ops", "core", "protocol", "document",
+            "testing",
+        ],
     ),
 ];
 

@@ -224,7 +224,7 @@ fn an_acknowledged_message_survives_kill_9() {
     let token = |addr: std::net::SocketAddr, sub: &str| {
         let mut config = shardcast::Config::default();
         config.auth.secret = TEST_SECRET.into();
-        let key = shardcast::features::auth::resolve_secret(&config)
+        let key = shardcast::features::auth::resolve_secret(&config.auth, &config.data_dir)
             .unwrap()
             .0;
         let claims = shardcast::features::Claims::new(sub, sub, 600);

@@ -17,8 +17,6 @@ use crate::core::{
     Channel, ChannelCtx, ConnectInfo, ConnectRefused, HandleIn, HandleInfo, Payload, SocketHandler,
     TerminateReason,
 };
-use crate::ops::config::Config;
-pub use crate::ops::config::KeyAlgorithm;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
@@ -257,12 +255,15 @@ impl Authenticator {
         Ok(self)
     }
 
-    /// The authenticator `serve` uses for `config`: the configured secret, or the one stored
+    /// The authenticator `serve` uses for `[auth]`: the configured secret, or the one stored
     /// in (or generated into) the data directory, and the configured public keys.
-    pub fn from_config(config: &Config) -> Result<(Authenticator, SecretSource), AuthError> {
-        let (key, source) = resolve_secret(config)?;
-        let mut auth = Authenticator::new(key, config.auth.allow_anonymous);
-        for k in &config.auth.public_keys {
+    pub fn from_config(
+        config: &AuthConfig,
+        data_dir: &Path,
+    ) -> Result<(Authenticator, SecretSource), AuthError> {
+        let (key, source) = resolve_secret(config, data_dir)?;
+        let mut auth = Authenticator::new(key, config.allow_anonymous);
+        for k in &config.public_keys {
             let pem = match (&k.pem, &k.pem_file) {
                 (Some(pem), _) => pem.clone().into_bytes(),
                 (None, Some(file)) => std::fs::read(file).map_err(|e| AuthError::PublicKey {
@@ -386,20 +387,20 @@ pub enum SecretSource {
     Stored(PathBuf),
 }
 
-/// The HS256 key for `config`: `[auth] secret`, else `<data_dir>/auth_secret` (created with a
+/// The HS256 key for `[auth]`: its `secret`, else `<data_dir>/auth_secret` (created with a
 /// fresh random secret and mode 0600 when missing; concurrent creators agree on one file).
-pub fn resolve_secret(config: &Config) -> Result<(Vec<u8>, SecretSource), AuthError> {
-    if !config.auth.secret.is_empty() {
-        return Ok((
-            config.auth.secret.as_bytes().to_vec(),
-            SecretSource::Configured,
-        ));
+pub fn resolve_secret(
+    config: &AuthConfig,
+    data_dir: &Path,
+) -> Result<(Vec<u8>, SecretSource), AuthError> {
+    if !config.secret.is_empty() {
+        return Ok((config.secret.as_bytes().to_vec(), SecretSource::Configured));
     }
-    let path = config.data_dir.join(SECRET_FILE);
+    let path = data_dir.join(SECRET_FILE);
     match read_secret(&path)? {
         Some(key) => Ok((key, SecretSource::Stored(path))),
         None => {
-            let created = create_secret(&config.data_dir, &path)?;
+            let created = create_secret(data_dir, &path)?;
             // Another process may have won the race: the file on disk is the secret.
             let key = read_secret(&path)?.ok_or_else(|| AuthError::ReadSecret {
                 path: path.clone(),
@@ -709,6 +710,64 @@ impl<C: Channel> Channel for Guarded<C> {
     }
 }
 
+// --- Configuration (this feature's section of the config file) ---------------------
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 key for socket and join tokens (at least 32 bytes). Empty: a random secret is
+    /// generated once into `<data_dir>/auth_secret` (mode 0600) and a warning is logged.
+    pub secret: String,
+    /// Accept sockets without a token as guests (local demos). A token that is present is
+    /// still checked.
+    pub allow_anonymous: bool,
+    /// Public keys of identity providers whose RS256/ES256 tokens are accepted too, each pinned
+    /// to its algorithm: `[[auth.public_keys]] alg = "RS256", kid = "idp-1", pem_file = "..."`.
+    pub public_keys: Vec<PublicKeyConfig>,
+}
+
+impl AuthConfig {
+    /// Every invalid value of this section, with the reason (key names as in the file).
+    pub fn problems(&self) -> Vec<String> {
+        let checks = [(
+            self.secret.is_empty() || self.secret.len() >= 32,
+            "auth.secret must be empty (generated) or at least 32 bytes",
+        )];
+        checks
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, msg)| (*msg).to_string())
+            .collect()
+    }
+}
+
+/// An asymmetric algorithm a public key is pinned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+}
+
+/// One accepted public key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// The only algorithm tokens checked with this key may use.
+    pub alg: KeyAlgorithm,
+    /// The key id tokens name in their header (`kid`); when both name one, they must match.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The PEM public key itself ...
+    #[serde(default)]
+    pub pem: Option<String>,
+    /// ... or the file holding it.
+    #[serde(default)]
+    pub pem_file: Option<PathBuf>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1014,23 +1073,23 @@ mod tests {
     fn generated_secret_is_private_stable_and_shared() {
         let dir = std::env::temp_dir().join(format!("shardcast-auth-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut config = Config {
-            data_dir: dir.clone(),
-            ..Config::default()
-        };
-        let (k1, s1) = resolve_secret(&config).unwrap();
+        let mut config = AuthConfig::default();
+        let (k1, s1) = resolve_secret(&config, &dir).unwrap();
         assert_eq!(s1, SecretSource::Generated(dir.join(SECRET_FILE)));
         let mode = std::fs::metadata(dir.join(SECRET_FILE))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let (k2, s2) = resolve_secret(&config).unwrap();
+        let (k2, s2) = resolve_secret(&config, &dir).unwrap();
         assert_eq!(k1, k2);
         assert_eq!(s2, SecretSource::Stored(dir.join(SECRET_FILE)));
         assert_eq!(k1.len(), 64);
-        config.auth.secret = "c".repeat(32);
-        assert_eq!(resolve_secret(&config).unwrap().1, SecretSource::Configured);
+        config.secret = "c".repeat(32);
+        assert_eq!(
+            resolve_secret(&config, &dir).unwrap().1,
+            SecretSource::Configured
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

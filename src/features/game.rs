@@ -20,14 +20,15 @@
 //! Hooks run on the connection's shard inside the callback: they must not block.
 
 use super::fast_path::{check_topic, error_reply, event, policy_key, sender_id, unknown_event};
+use super::voice::AudioConfig;
 use super::voice::{AudioRelay, AudioSettings};
 use crate::core::{Channel, ChannelCtx, ConnId, Delivery, HandleIn, Payload, ReplyStatus};
-use crate::ops::config::Config;
 #[cfg(feature = "bulk")]
 use crate::protocol::binary::bulk;
 use crate::protocol::binary::bulk::{BulkLimits, BulkUpdate};
 use crate::protocol::binary::game_state::{GameState, GameStateLimits, ObjectTypes, WorldBounds};
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -53,8 +54,7 @@ pub struct GameSettings {
 
 impl GameSettings {
     /// The settings of the `[game]`, `[audio]` and `[bulk]` config sections.
-    pub fn from_config(config: &Config) -> GameSettings {
-        let g = &config.game;
+    pub fn from_config(g: &GameConfig, audio: &AudioConfig, bulk: &BulkConfig) -> GameSettings {
         GameSettings {
             limits: GameStateLimits {
                 bounds: WorldBounds {
@@ -68,21 +68,25 @@ impl GameSettings {
                 max_object_data: g.max_object_data,
                 object_types: ObjectTypes::new(&g.object_types),
             },
-            latest_per_sender: g.latest_per == crate::ops::config::LatestPer::Sender,
-            audio: AudioSettings::from_config(&config.audio),
+            latest_per_sender: g.latest_per == LatestPer::Sender,
+            audio: AudioSettings::from_config(audio),
             bulk: BulkLimits {
-                max_compressed: config.bulk.max_compressed_bytes,
-                max_decompressed: config.bulk.max_decompressed_bytes,
-                max_updates: config.bulk.max_updates,
+                max_compressed: bulk.max_compressed_bytes,
+                max_decompressed: bulk.max_decompressed_bytes,
+                max_updates: bulk.max_updates,
             },
-            bulk_level: config.bulk.level,
+            bulk_level: bulk.level,
         }
     }
 }
 
 impl Default for GameSettings {
     fn default() -> Self {
-        GameSettings::from_config(&Config::default())
+        GameSettings::from_config(
+            &GameConfig::default(),
+            &AudioConfig::default(),
+            &BulkConfig::default(),
+        )
     }
 }
 
@@ -298,6 +302,159 @@ impl Channel for GameChannel {
     }
 }
 
+// --- Configuration (this feature's section of the config file) ---------------------
+
+/// `game:<id>` channels: what a `game_state` may contain, and how a slow subscriber is served.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GameConfig {
+    /// The world: coordinates of positions and objects must lie within these bounds.
+    pub world_min_x: f32,
+    /// Right edge of the world.
+    pub world_max_x: f32,
+    /// Bottom edge of the world.
+    pub world_min_y: f32,
+    /// Top edge of the world.
+    pub world_max_y: f32,
+    /// Position records per `game_state` at most.
+    pub max_positions: u32,
+    /// Object records per `game_state` at most.
+    pub max_objects: u32,
+    /// Largest `data` of one object, in bytes.
+    pub max_object_data: u32,
+    /// The object types a state may name; anything else is refused.
+    pub object_types: Vec<String>,
+    /// Latest-value-wins key for subscribers that are behind: `sender` (at most one queued
+    /// `game_update` per topic and publishing connection: with one publisher, such as an
+    /// authoritative simulation, that is one per topic; with every player publishing its own
+    /// state, nobody's update supersedes another player's) or `topic` (at most one per topic,
+    /// whoever sent it: updates of different members published at the same instant supersede
+    /// each other even for subscribers that keep up).
+    pub latest_per: LatestPer,
+}
+
+impl Default for GameConfig {
+    fn default() -> Self {
+        GameConfig {
+            world_min_x: -10_000.0,
+            world_max_x: 10_000.0,
+            world_min_y: -10_000.0,
+            world_max_y: 10_000.0,
+            max_positions: 1024,
+            max_objects: 1024,
+            max_object_data: 1024,
+            object_types: ["projectile", "pickup", "effect", "npc", "vehicle", "item"]
+                .map(String::from)
+                .to_vec(),
+            latest_per: LatestPer::Sender,
+        }
+    }
+}
+
+impl GameConfig {
+    fn world_bounds_valid(&self) -> bool {
+        let all = [
+            self.world_min_x,
+            self.world_max_x,
+            self.world_min_y,
+            self.world_max_y,
+        ];
+        all.iter().all(|v| v.is_finite())
+            && self.world_min_x < self.world_max_x
+            && self.world_min_y < self.world_max_y
+    }
+
+    fn object_types_valid(&self) -> bool {
+        let mut seen = std::collections::HashSet::new();
+        self.object_types.len() <= 1024
+            && self
+                .object_types
+                .iter()
+                .all(|t| (1..=255).contains(&t.len()) && seen.insert(t.as_str()))
+    }
+
+    /// Every invalid value of this section, with the reason (key names as in the file).
+    pub fn problems(&self) -> Vec<String> {
+        let checks = [
+            (
+                self.world_bounds_valid(),
+                "game: world bounds must be finite with world_min_x < world_max_x and world_min_y < world_max_y",
+            ),
+            (self.max_positions > 0, "game.max_positions must be > 0"),
+            (
+                self.object_types_valid(),
+                "game.object_types must be distinct names of 1 to 255 bytes (at most 1024)",
+            ),
+        ];
+        checks
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, msg)| (*msg).to_string())
+            .collect()
+    }
+}
+
+/// What a latest-value-wins `game_update` replaces in a subscriber's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatestPer {
+    /// The queued update of the same topic and publishing connection.
+    Sender,
+    /// The queued update of the same topic, whoever sent it.
+    Topic,
+}
+
+/// `compressed_data` (zstd) bulk updates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BulkConfig {
+    /// Largest compressed payload accepted (the WebSocket message limit applies first).
+    pub max_compressed_bytes: usize,
+    /// Largest decompressed document; decompression never allocates past it.
+    pub max_decompressed_bytes: usize,
+    /// Elements of `updates` at most.
+    pub max_updates: usize,
+    /// zstd level for documents the server compresses itself (a hook that changed the updates).
+    pub level: i32,
+}
+
+impl Default for BulkConfig {
+    fn default() -> Self {
+        BulkConfig {
+            max_compressed_bytes: 1 << 20,
+            max_decompressed_bytes: 16 << 20,
+            max_updates: 100_000,
+            level: 3,
+        }
+    }
+}
+
+impl BulkConfig {
+    /// Every invalid value of this section, with the reason (key names as in the file).
+    pub fn problems(&self) -> Vec<String> {
+        let checks = [
+            (
+                self.max_compressed_bytes > 0,
+                "bulk.max_compressed_bytes must be > 0",
+            ),
+            (
+                (1..=1 << 30).contains(&self.max_decompressed_bytes),
+                "bulk.max_decompressed_bytes must be within 1..=1073741824",
+            ),
+            (self.max_updates > 0, "bulk.max_updates must be > 0"),
+            (
+                (1..=19).contains(&self.level),
+                "bulk.level must be within 1..=19",
+            ),
+        ];
+        checks
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, msg)| (*msg).to_string())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,11 +468,16 @@ mod tests {
 
     #[test]
     fn settings_follow_the_config() {
-        let mut config = Config::default();
-        config.game.object_types = vec!["tank".into()];
-        config.game.latest_per = crate::ops::config::LatestPer::Topic;
-        config.audio.budget_ms = 100;
-        let s = GameSettings::from_config(&config);
+        let game = GameConfig {
+            object_types: vec!["tank".into()],
+            latest_per: LatestPer::Topic,
+            ..GameConfig::default()
+        };
+        let audio = AudioConfig {
+            budget_ms: 100,
+            ..AudioConfig::default()
+        };
+        let s = GameSettings::from_config(&game, &audio, &BulkConfig::default());
         assert!(s.limits.object_types.contains(b"tank"));
         assert!(!s.limits.object_types.contains(b"projectile"));
         assert!(!s.latest_per_sender);

@@ -29,6 +29,7 @@ use crate::core::{
     ReplyStatus, TerminateReason,
 };
 use crate::storage::{MessageRow, RoomRow, RoomSnapshot, StorageError};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -637,6 +638,83 @@ fn owner_query(owner: &mut OwnerCtx<'_>, addr: RoomAddr, to: ReplyRef) {
             payload: Payload::json(&payload),
         },
     );
+}
+
+// --- Configuration (this feature's section of the config file) ---------------------
+
+/// `[rooms]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Messages a room keeps in memory and sends in `room_state`.
+    pub history_limit: usize,
+    /// Largest message body, in bytes of UTF-8 after trimming.
+    pub max_message_bytes: usize,
+    /// A typing user who sends nothing for this long is announced as stopped.
+    pub typing_timeout_ms: u64,
+    /// Connections one room or document may have joined at once; later joins are refused.
+    pub max_members: usize,
+    /// Messages one connection may have waiting for the storage thread; more are refused.
+    pub max_pending_messages: usize,
+    /// Collaboration channels forward a connection's cursor and selection at most this often
+    /// (the latest value wins).
+    pub cursor_interval_ms: u64,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig {
+            history_limit: 50,
+            max_message_bytes: 4096,
+            typing_timeout_ms: 3000,
+            max_members: 10_000,
+            max_pending_messages: 32,
+            cursor_interval_ms: 50,
+        }
+    }
+}
+
+impl RoomsConfig {
+    /// `typing_timeout_ms` as a duration.
+    pub fn typing_timeout(&self) -> Duration {
+        Duration::from_millis(self.typing_timeout_ms)
+    }
+    /// `cursor_interval_ms` as a duration.
+    pub fn cursor_interval(&self) -> Duration {
+        Duration::from_millis(self.cursor_interval_ms)
+    }
+
+    /// Every invalid value of this section, with the reason (key names as in the file).
+    pub fn problems(&self) -> Vec<String> {
+        let checks = [
+            (
+                (1..=1000).contains(&self.history_limit),
+                "rooms.history_limit must be within 1..=1000",
+            ),
+            (
+                (1..=65536).contains(&self.max_message_bytes),
+                "rooms.max_message_bytes must be within 1..=65536",
+            ),
+            (
+                self.typing_timeout_ms > 0,
+                "rooms.typing_timeout_ms must be > 0",
+            ),
+            (self.max_members > 0, "rooms.max_members must be > 0"),
+            (
+                self.max_pending_messages > 0,
+                "rooms.max_pending_messages must be > 0",
+            ),
+            (
+                self.cursor_interval_ms <= 10_000,
+                "rooms.cursor_interval_ms must be <= 10000",
+            ),
+        ];
+        checks
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, msg)| (*msg).to_string())
+            .collect()
+    }
 }
 
 #[cfg(test)]

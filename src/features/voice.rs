@@ -12,8 +12,8 @@
 
 use super::fast_path::{check_topic, error_reply, event, policy_key, sender_id, unknown_event};
 use crate::core::{Channel, ChannelCtx, Delivery, HandleIn, Payload};
-use crate::ops::config::AudioConfig;
 use crate::protocol::binary::audio::{self, AudioStreamHeader};
+use serde::{Deserialize, Serialize};
 
 /// Topic prefix of the audio-only channel.
 pub const PREFIX: &str = "voice:";
@@ -131,5 +131,56 @@ impl Channel for VoiceChannel {
             (event::AUDIO_DATA, None) => error_reply("not_joined", "join first"),
             _ => unknown_event(),
         }
+    }
+}
+
+// --- Configuration (this feature's section of the config file) ---------------------
+
+/// Audio relayed on `game:` and `voice:` topics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    /// Audio a subscriber that is behind keeps queued per sender; older frames are dropped.
+    pub budget_ms: u32,
+    /// Duration of one `audio_data` frame (the budget in frames is `budget_ms / frame_ms`).
+    pub frame_ms: u32,
+    /// Largest `audio_data` payload, in bytes.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        AudioConfig {
+            budget_ms: 200,
+            frame_ms: 20,
+            max_frame_bytes: 4096,
+        }
+    }
+}
+
+impl AudioConfig {
+    /// Frames per sender a subscriber may have queued (at least 1).
+    pub fn budget_frames(&self) -> u32 {
+        (self.budget_ms / self.frame_ms.max(1)).max(1)
+    }
+
+    /// Every invalid value of this section, with the reason (key names as in the file).
+    pub fn problems(&self) -> Vec<String> {
+        let checks = [
+            (self.frame_ms > 0, "audio.frame_ms must be > 0"),
+            (
+                self.budget_ms >= self.frame_ms && self.budget_frames() <= 1000,
+                "audio.budget_ms must be at least frame_ms and at most 1000 frames",
+            ),
+            (
+                (1..=1 << 20).contains(&self.max_frame_bytes),
+                "audio.max_frame_bytes must be within 1..=1048576",
+            ),
+        ];
+        checks
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, msg)| (*msg).to_string())
+            .collect()
     }
 }

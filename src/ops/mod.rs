@@ -1,5 +1,5 @@
-//! Operating the server: configuration, metrics, and the plain-HTTP endpoints.
+//! Operating the server: metrics, and the plain-HTTP endpoints (the configuration file is
+//! [`crate::config`]).
 
-pub mod config;
 pub mod http_endpoints;
 pub mod metrics;

@@ -10,7 +10,9 @@
 //! - [`mesh`], [`inbox`]: the bounded queues between shards and what serves them.
 //! - [`mailbox`]: a connection's shard-facing half (its mailbox and outbound queue).
 //! - [`transport`]: socket I/O.
+//! - [`config`]: what the runtime is configured with ([`config::ServerConfig`]).
 
+pub mod config;
 pub(crate) mod connection;
 pub(crate) mod inbox;
 pub(crate) mod interpret;

@@ -1,10 +1,10 @@
 //! Starting and stopping the shards.
 
+use super::config::ServerConfig;
 use super::shard::Shard;
 use super::transport::listener::accept_loop;
 use super::{connection, inbox, mesh};
 use crate::core::App;
-use crate::ops::config::Config;
 use crate::ops::metrics::Metrics;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use std::net::SocketAddr;
@@ -51,8 +51,8 @@ pub struct Server;
 
 impl Server {
     /// Starts `config.shard_count()` shards serving `app`; returns once every shard listens.
-    pub fn start(config: Config, app: App) -> Result<ServerHandle, ServerError> {
-        let config = Arc::new(config);
+    pub fn start(config: impl Into<ServerConfig>, app: App) -> Result<ServerHandle, ServerError> {
+        let config = Arc::new(config.into());
         let count = config.shard_count();
         let metrics = Arc::new(Metrics::new(count));
         let (senders, inboxes) = mesh::build(count, config.mesh.queue_capacity);

@@ -1,12 +1,12 @@
 //! Per-shard state. Only tasks of this shard touch it (through `Rc`), so plain `RefCell`s do:
 //! no locks anywhere on the message path.
 
+use super::config::ServerConfig;
 use super::mailbox::ConnShared;
 use super::mesh::{ConnMessage, MeshSenders};
 use super::topics::Topics;
 use crate::core::socket::Info;
 use crate::core::{App, ConnId, Effect, OwnerStates};
-use crate::ops::config::Config;
 use crate::ops::metrics::{Metrics, ShardMetrics};
 use bytes::BytesMut;
 use std::cell::{Cell, RefCell};
@@ -27,7 +27,7 @@ pub struct Shard {
     /// How many shards there are.
     pub shard_count: usize,
     /// The server's configuration.
-    pub config: Arc<Config>,
+    pub config: Arc<ServerConfig>,
     /// The connect hook and routes.
     pub app: App,
     /// Senders to every shard's inboxes.
@@ -50,7 +50,7 @@ pub struct Shard {
 impl Shard {
     pub fn new(
         id: usize,
-        config: Arc<Config>,
+        config: Arc<ServerConfig>,
         app: App,
         mesh: MeshSenders,
         metrics: Arc<Metrics>,

@@ -19,14 +19,14 @@
 //! `v - 1`. After a failed append every later one of that document fails too, until the owner
 //! reloads the document from what is stored.
 
+use super::config::Synchronous;
 use super::worker::{self, Deferred};
 use crate::document::{Chars, Operation, Revision};
-use crate::ops::config::DocumentsConfig;
 use ropey::Rope;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
@@ -241,6 +241,21 @@ impl DocumentStore {
     }
 }
 
+/// What the documents log's thread needs (from `[documents]`).
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The SQLite file.
+    pub path: PathBuf,
+    /// Commit durability.
+    pub synchronous: Synchronous,
+    /// Requests waiting before operations are refused ([`DocumentStore::is_overloaded`]).
+    pub queue_capacity: usize,
+    /// Requests per transaction.
+    pub max_batch: usize,
+    /// Revisions kept behind the newest snapshot.
+    pub history: usize,
+}
+
 /// The running store thread; [`DocumentStoreThread::stop`] (or drop) answers what is queued,
 /// checkpoints the WAL and joins it.
 pub struct DocumentStoreThread {
@@ -260,10 +275,10 @@ impl std::fmt::Debug for DocumentStoreThread {
 impl DocumentStoreThread {
     /// Opens (creating and migrating) `config.database_path(data_dir)` and starts the thread.
     /// Errors opening the database are reported here.
-    pub fn start(config: &DocumentsConfig, data_dir: &Path) -> Result<Self, StoreError> {
+    pub fn start(config: &StoreOptions) -> Result<Self, StoreError> {
         let db = worker::Database {
             name: "documents",
-            path: config.database_path(data_dir),
+            path: config.path.clone(),
             sync: worker::Sync::from_config(&config.synchronous),
             migrations: &[SCHEMA_V1],
         };
@@ -611,10 +626,13 @@ mod tests {
         }
     }
 
-    fn config(history: usize) -> DocumentsConfig {
-        DocumentsConfig {
+    fn config(dir: &Path, history: usize) -> StoreOptions {
+        StoreOptions {
+            path: dir.join("documents.sqlite3"),
+            synchronous: Synchronous::Full,
+            queue_capacity: 65_536,
+            max_batch: 1_024,
             history,
-            ..DocumentsConfig::default()
         }
     }
 
@@ -638,7 +656,7 @@ mod tests {
     #[test]
     fn creates_appends_and_reloads() {
         let dir = Dir::new("reload");
-        let thread = DocumentStoreThread::start(&config(10), &dir.0).unwrap();
+        let thread = DocumentStoreThread::start(&config(&dir.0, 10)).unwrap();
         let store = thread.handle();
         assert_eq!(wait(store.load("a", false)).unwrap(), None);
         let empty = wait(store.load("a", true)).unwrap().unwrap();
@@ -665,7 +683,7 @@ mod tests {
         );
         thread.stop().unwrap();
 
-        let thread = DocumentStoreThread::start(&config(10), &dir.0).unwrap();
+        let thread = DocumentStoreThread::start(&config(&dir.0, 10)).unwrap();
         let loaded = wait(thread.handle().load("a", false)).unwrap().unwrap();
         assert_eq!(loaded.version(), 3);
         assert_eq!(loaded.log.len(), 3);
@@ -675,7 +693,7 @@ mod tests {
     #[test]
     fn snapshots_compact_but_keep_a_history_window() {
         let dir = Dir::new("compact");
-        let thread = DocumentStoreThread::start(&config(4), &dir.0).unwrap();
+        let thread = DocumentStoreThread::start(&config(&dir.0, 4)).unwrap();
         let store = thread.handle();
         wait(store.load("d", true)).unwrap();
         let mut text = String::new();
@@ -701,7 +719,7 @@ mod tests {
         }
         assert_eq!(replayed, text);
         // Compaction at the snapshot of 18 kept snapshot 12 (the newest <= 14) and what follows.
-        let conn = Connection::open(config(4).database_path(&dir.0)).unwrap();
+        let conn = Connection::open(config(&dir.0, 4).path).unwrap();
         let oldest_op: i64 = conn
             .query_row("SELECT min(version) FROM operations", [], |r| r.get(0))
             .unwrap();

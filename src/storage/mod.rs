@@ -10,12 +10,13 @@
 //! A full queue is not waited on: the call fails at once with [`StorageError::Overloaded`], so a
 //! burst sheds load at the edge instead of growing queues without bound.
 
+pub mod config;
 #[cfg(feature = "documents")]
 pub mod documents;
 mod schema;
 pub mod worker;
 
-use crate::ops::config::StorageConfig;
+pub use config::{StorageConfig, Synchronous};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::future::Future;
 use std::path::Path;

@@ -7,7 +7,7 @@
 //! directory, opens the database, sets the pragmas (WAL, `synchronous`, busy timeout), applies
 //! the schema migrations (`PRAGMA user_version`), starts this loop and stops it.
 
-use crate::ops::config::Synchronous;
+use super::config::Synchronous;
 use rusqlite::{Connection, Transaction};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;

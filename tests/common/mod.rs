@@ -198,7 +198,7 @@ impl Drop for TempDir {
     }
 }
 
-/// A server running `features::default_app` with its storage thread, on `data_dir`.
+/// A server running `app::default_app` with its storage thread, on `data_dir`.
 pub struct FeatureServer {
     server: Option<TestServer>,
     storage: Option<shardcast::storage::StorageThread>,
@@ -219,7 +219,7 @@ impl FeatureServer {
         configure(&mut base);
         let storage = shardcast::storage::StorageThread::start(&base.storage, &base.data_dir)
             .expect("storage starts");
-        let app = shardcast::features::default_app(&base, storage.handle()).expect("app builds");
+        let app = shardcast::app::default_app(&base, storage.handle()).expect("app builds");
         let server = TestServer::start(app, |c| {
             c.shards = base.shards;
             c.data_dir = base.data_dir.clone();
@@ -245,9 +245,10 @@ impl FeatureServer {
 
     /// A token for `sub` signed with this server's secret.
     pub fn token(&self, sub: &str, name: &str, rooms: Option<&[&str]>) -> String {
-        let key = shardcast::features::auth::resolve_secret(&self.config)
-            .unwrap()
-            .0;
+        let key =
+            shardcast::features::auth::resolve_secret(&self.config.auth, &self.config.data_dir)
+                .unwrap()
+                .0;
         let mut claims = shardcast::features::Claims::new(sub, name, 3600);
         claims.rooms = rooms.map(|r| r.iter().map(|s| s.to_string()).collect());
         shardcast::features::Authenticator::new(key, false).sign(&claims)

@@ -36,12 +36,15 @@ use super::auth::{authorize_join, Authenticator, Identity, JoinDenied, User};
 use super::{params, reason, topic_id};
 use crate::core::{Channel, ChannelCtx, HandleIn, HandleInfo, Payload, TerminateReason};
 use crate::document::DocumentLimits;
-use crate::ops::config::{Config, DocumentsConfig};
-pub use crate::storage::documents::{DocumentStore, DocumentStoreThread, StoreError};
+use crate::storage::config::Synchronous;
+pub use crate::storage::documents::{DocumentStore, DocumentStoreThread, StoreError, StoreOptions};
 use owner::{JoinRequest, Offsets, OpRequest, ToChannel};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Topic prefix this channel is routed at.
 pub const PREFIX: &str = "document:";
@@ -70,10 +73,15 @@ pub struct DocumentServices {
 }
 
 impl DocumentServices {
-    /// Opens the documents database under `config.data_dir` and starts its thread.
-    pub fn open(config: &Config, auth: Arc<Authenticator>) -> Result<Arc<Self>, StoreError> {
-        let docs = &config.documents;
-        let thread = DocumentStoreThread::start(docs, &config.data_dir)?;
+    /// Opens the documents database under `data_dir` and starts its thread; `max_members`
+    /// (`[rooms]`) bounds the connections per document.
+    pub fn open(
+        docs: &DocumentsConfig,
+        data_dir: &Path,
+        max_members: usize,
+        auth: Arc<Authenticator>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let thread = DocumentStoreThread::start(&docs.store_options(data_dir))?;
         let known = if docs.create_on_join {
             None
         } else {
@@ -89,7 +97,7 @@ impl DocumentServices {
                 recent_clients: docs.recent_clients,
             },
             config: docs.clone(),
-            max_members: config.rooms.max_members,
+            max_members,
             known,
             _thread: thread,
         }))
@@ -299,5 +307,140 @@ impl DocumentChannel {
     /// The user this channel acts for, once joined.
     pub fn user(&self) -> Option<&User> {
         self.joined.as_ref().map(|j| &j.user)
+    }
+}
+
+// --- Configuration (this feature's section of the config file) ---------------------
+
+/// `document:<id>` channels: collaborative text documents (operational transform), their
+/// limits and their own database (an append-only operation log with periodic snapshots).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocumentsConfig {
+    /// Create a missing document (empty) on the first join by a user allowed to join it. When
+    /// off, joining a document that is not in the database is refused with
+    /// `{"reason": "Document not found"}` (the set of documents is read at startup).
+    pub create_on_join: bool,
+    /// Most characters (Unicode scalar values) a document may grow to.
+    pub max_chars: usize,
+    /// Largest operation accepted: components plus inserted characters.
+    pub max_op_size: usize,
+    /// Applied operations kept per document to rebase late operations over and to catch up
+    /// re-joining clients; a client further behind gets the whole document again.
+    pub history: usize,
+    /// A snapshot of the text is written every this many operations; a restart loads a
+    /// snapshot and replays the operations logged after it.
+    pub snapshot_every: u64,
+    /// Clients per document whose last `seq` is remembered to recognize resent operations.
+    pub recent_clients: usize,
+    /// Documents a shard keeps in memory at most; idle ones are unloaded first, and joins that
+    /// would load more are refused (`overloaded`).
+    pub max_loaded: usize,
+    /// A document nobody has joined for this long is unloaded from memory.
+    pub idle_unload_ms: u64,
+    /// Operations one channel may have waiting for their acknowledgement; more are refused.
+    pub max_pending_ops: usize,
+    /// The documents database; relative paths are under `data_dir`.
+    pub path: PathBuf,
+    /// Requests waiting for the documents database beyond which operations are refused
+    /// (`overloaded`) until it catches up.
+    pub queue_capacity: usize,
+    /// Requests committed together in one transaction at most.
+    pub max_batch: usize,
+    /// SQLite `synchronous`: `full` (an acknowledged operation survives power loss) or
+    /// `normal` (survives a crash of the process).
+    pub synchronous: Synchronous,
+}
+
+impl Default for DocumentsConfig {
+    fn default() -> Self {
+        DocumentsConfig {
+            create_on_join: true,
+            max_chars: 5_000_000,
+            max_op_size: 100_000,
+            history: 1_000,
+            snapshot_every: 500,
+            recent_clients: 10_000,
+            max_loaded: 10_000,
+            idle_unload_ms: 60_000,
+            max_pending_ops: 64,
+            path: PathBuf::from("documents.sqlite3"),
+            queue_capacity: 65_536,
+            max_batch: 1_024,
+            synchronous: Synchronous::Full,
+        }
+    }
+}
+
+impl DocumentsConfig {
+    /// What the durable log's thread needs, with the database under `data_dir`.
+    pub fn store_options(&self, data_dir: &Path) -> StoreOptions {
+        StoreOptions {
+            path: self.database_path(data_dir),
+            synchronous: self.synchronous,
+            queue_capacity: self.queue_capacity,
+            max_batch: self.max_batch,
+            history: self.history,
+        }
+    }
+
+    /// The database file: `path`, under `data_dir` when relative.
+    pub fn database_path(&self, data_dir: &Path) -> PathBuf {
+        if self.path.is_absolute() {
+            self.path.clone()
+        } else {
+            data_dir.join(&self.path)
+        }
+    }
+
+    /// `idle_unload_ms` as a duration.
+    pub fn idle_unload(&self) -> Duration {
+        Duration::from_millis(self.idle_unload_ms)
+    }
+
+    /// Every invalid value of this section, with the reason (key names as in the file).
+    pub fn problems(&self) -> Vec<String> {
+        let checks = [
+            (self.max_chars > 0, "documents.max_chars must be > 0"),
+            (self.max_op_size > 0, "documents.max_op_size must be > 0"),
+            (
+                (1..=1_000_000).contains(&self.history),
+                "documents.history must be within 1..=1000000",
+            ),
+            (
+                self.snapshot_every > 0,
+                "documents.snapshot_every must be > 0",
+            ),
+            (
+                self.recent_clients > 0,
+                "documents.recent_clients must be > 0",
+            ),
+            (self.max_loaded > 0, "documents.max_loaded must be > 0"),
+            (
+                self.idle_unload_ms > 0,
+                "documents.idle_unload_ms must be > 0",
+            ),
+            (
+                self.max_pending_ops > 0,
+                "documents.max_pending_ops must be > 0",
+            ),
+            (
+                !self.path.as_os_str().is_empty(),
+                "documents.path must not be empty",
+            ),
+            (
+                self.queue_capacity > 0,
+                "documents.queue_capacity must be > 0",
+            ),
+            (
+                (1..=100_000).contains(&self.max_batch),
+                "documents.max_batch must be within 1..=100000",
+            ),
+        ];
+        checks
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, msg)| (*msg).to_string())
+            .collect()
     }
 }

@@ -36,13 +36,14 @@ use super::auth::{authorize_join, Authenticator, Identity, JoinDenied};
 use super::fast_path::error_reply;
 use super::{params, reason, topic_id};
 use crate::core::{Channel, ChannelCtx, HandleIn, HandleInfo, Payload, ReplyRef, ReplyStatus};
-use crate::ops::config::{Config, UploadsConfig};
 use crate::protocol::binary::upload::{self, ChunkPlan, UploadStart};
 use serde_json::json;
 
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Topic prefix this channel is routed at.
 pub const PREFIX: &str = "uploads:";
@@ -76,8 +77,13 @@ impl UploadServices {
     /// Prepares `<uploads dir>/partial` and `<uploads dir>/files` (at startup, before the
     /// shards run): partial files of a previous run are deleted, completed files count towards
     /// the quota.
-    pub fn open(config: &Config) -> Result<Arc<UploadServices>, UploadSetupError> {
-        let root = config.uploads.path(&config.data_dir);
+    /// `max_message_size` (`[websocket]`) caps the chunk size a client is offered.
+    pub fn open(
+        config: &UploadsConfig,
+        data_dir: &Path,
+        max_message_size: usize,
+    ) -> Result<Arc<UploadServices>, UploadSetupError> {
+        let root = config.path(data_dir);
         let partial_dir = root.join("partial");
         let files_dir = root.join("files");
         let err = |path: &Path| {
@@ -110,23 +116,19 @@ impl UploadServices {
             }
             used += entry.metadata().map_err(err(&entry.path()))?.len();
         }
-        let ws_room = config
-            .websocket
-            .max_message_size
-            .saturating_sub(MESSAGE_OVERHEAD);
+        let ws_room = max_message_size.saturating_sub(MESSAGE_OVERHEAD);
         let max_chunk_size = config
-            .uploads
             .max_chunk_size
             .min(u32::try_from(ws_room).unwrap_or(u32::MAX));
-        if max_chunk_size < config.uploads.max_chunk_size {
+        if max_chunk_size < config.max_chunk_size {
             tracing::warn!(
-                configured = config.uploads.max_chunk_size,
+                configured = config.max_chunk_size,
                 effective = max_chunk_size,
                 "uploads.max_chunk_size capped to fit websocket.max_message_size"
             );
         }
         Ok(Arc::new(UploadServices {
-            config: config.uploads.clone(),
+            config: config.clone(),
             max_chunk_size,
             partial_dir,
             files_dir,
@@ -343,5 +345,105 @@ impl Channel for UploadChannel {
             tracing::warn!(error = %e, "upload answer not encoded");
         }
         HandleInfo::Continue
+    }
+}
+
+// --- Configuration (this feature's section of the config file) ---------------------
+
+/// Resumable chunked uploads (`uploads:<user id>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadsConfig {
+    /// Where uploads live; relative paths are under `data_dir`.
+    pub dir: PathBuf,
+    /// Chunk size offered when `upload_start` does not ask for one.
+    pub chunk_size: u32,
+    /// Smallest chunk size a client may ask for.
+    pub min_chunk_size: u32,
+    /// Largest chunk size a client may ask for (also capped to fit `websocket.max_message_size`).
+    pub max_chunk_size: u32,
+    /// Chunks per upload at most.
+    pub max_chunks: u32,
+    /// Largest file, in bytes.
+    pub max_file_size: u64,
+    /// Unfinished uploads one user may have at once.
+    pub max_concurrent_per_user: usize,
+    /// Bytes all uploads may take on disk: completed files plus the full size of unfinished ones.
+    pub quota_bytes: u64,
+    /// An unfinished upload without a chunk or `upload_start` for this long is deleted.
+    pub expire_after_ms: u64,
+    /// Chunks one connection may have waiting to be written; more are refused until some land.
+    pub max_pending_chunks: usize,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig {
+            dir: PathBuf::from("uploads"),
+            chunk_size: 256 * 1024,
+            min_chunk_size: 4 * 1024,
+            max_chunk_size: 512 * 1024,
+            max_chunks: 16_384,
+            max_file_size: 256 << 20,
+            max_concurrent_per_user: 4,
+            quota_bytes: 10 << 30,
+            expire_after_ms: 24 * 3600 * 1000,
+            max_pending_chunks: 8,
+        }
+    }
+}
+
+impl UploadsConfig {
+    /// The uploads directory: `dir`, under `data_dir` when relative.
+    pub fn path(&self, data_dir: &Path) -> PathBuf {
+        if self.dir.is_absolute() {
+            self.dir.clone()
+        } else {
+            data_dir.join(&self.dir)
+        }
+    }
+
+    /// `expire_after_ms` as a duration.
+    pub fn expire_after(&self) -> Duration {
+        Duration::from_millis(self.expire_after_ms)
+    }
+
+    /// Every invalid value of this section, with the reason (key names as in the file).
+    pub fn problems(&self) -> Vec<String> {
+        let checks = [
+            (
+                !self.dir.as_os_str().is_empty(),
+                "uploads.dir must not be empty",
+            ),
+            (
+                self.min_chunk_size > 0
+                    && self.min_chunk_size <= self.chunk_size
+                    && self.chunk_size <= self.max_chunk_size,
+                "uploads: 0 < min_chunk_size <= chunk_size <= max_chunk_size is required",
+            ),
+            (
+                (1..=1_000_000).contains(&self.max_chunks),
+                "uploads.max_chunks must be within 1..=1000000",
+            ),
+            (self.max_file_size > 0, "uploads.max_file_size must be > 0"),
+            (
+                self.max_concurrent_per_user > 0,
+                "uploads.max_concurrent_per_user must be > 0",
+            ),
+            (self.quota_bytes > 0, "uploads.quota_bytes must be > 0"),
+            (
+                self.expire_after_ms > 0,
+                "uploads.expire_after_ms must be > 0",
+            ),
+            (
+                self.max_pending_chunks > 0,
+                "uploads.max_pending_chunks must be > 0",
+            ),
+        ];
+        checks
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, msg)| (*msg).to_string())
+            .collect()
     }
 }

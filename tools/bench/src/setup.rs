@@ -51,7 +51,8 @@ pub(crate) fn init_minter(args: &Args) -> anyhow::Result<()> {
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
-    let (auth, _) = shardcast::features::auth::Authenticator::from_config(&config)?;
+    let (auth, _) =
+        shardcast::features::auth::Authenticator::from_config(&config.auth, &config.data_dir)?;
     let _ = MINTER.set(auth);
     Ok(())
 }

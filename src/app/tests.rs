@@ -1,10 +1,10 @@
 //! Unit tests of the built-in channels through the [`testing`](crate::testing) harness: no
 //! socket, no shard, virtual time. (The same behaviour over real sockets: `tests/`.)
 
-use super::auth::{Authenticator, Claims};
 use super::default_app;
+use crate::config::{Config, Synchronous};
 use crate::core::Payload;
-use crate::ops::config::{Config, Synchronous};
+use crate::features::auth::{Authenticator, Claims};
 use crate::protocol::binary::audio;
 use crate::protocol::binary::game_state::{self, ObjectRecord, Position};
 use crate::storage::StorageThread;

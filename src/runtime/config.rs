@@ -1,0 +1,205 @@
+//! The runtime's configuration: what the shards, the mesh and the sockets need.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What the runtime needs: the listener, the shards, and the WebSocket, outbound and mesh
+/// limits. The server's configuration file composes it (`crate::config::Config`), keeping these
+/// keys at the top level and in `[websocket]`, `[outbound]`, `[mesh]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address every shard binds with SO_REUSEPORT.
+    pub listen: SocketAddr,
+    /// Number of shards (executors, one per core). 0 means one per available core.
+    pub shards: usize,
+    /// Pin shard N to CPU N (modulo the CPUs available).
+    pub pin_shards: bool,
+    /// Serve a raw WebSocket echo endpoint at `/echo` (for conformance suites such as Autobahn).
+    pub echo_endpoint: bool,
+    /// Locked memory each executor's io_uring may use, in bytes.
+    pub io_memory: usize,
+    /// On shutdown, how long connections get to close (1001) before the shards stop.
+    pub shutdown_timeout_ms: u64,
+    /// Frame and message limits, timeouts.
+    pub websocket: WebSocketConfig,
+    /// Per-connection queue bounds and write batching.
+    pub outbound: OutboundConfig,
+    /// Queues between shards.
+    pub mesh: MeshConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
+            shards: 0,
+            pin_shards: true,
+            echo_endpoint: false,
+            io_memory: 512 * 1024,
+            shutdown_timeout_ms: 10_000,
+            websocket: WebSocketConfig::default(),
+            outbound: OutboundConfig::default(),
+            mesh: MeshConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The number of shards to run: `shards`, or one per available core when 0.
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// Every invalid value of the runtime's keys, with the reason.
+    pub fn problems(&self) -> Vec<String> {
+        let checks = [
+            (
+                self.websocket.max_frame_size > 0,
+                "websocket.max_frame_size must be > 0",
+            ),
+            (
+                self.websocket.max_message_size > 0,
+                "websocket.max_message_size must be > 0",
+            ),
+            (
+                self.websocket.idle_timeout_ms > 0,
+                "websocket.idle_timeout_ms must be > 0",
+            ),
+            (
+                self.websocket.handshake_timeout_ms > 0,
+                "websocket.handshake_timeout_ms must be > 0",
+            ),
+            (
+                self.websocket.write_timeout_ms > 0,
+                "websocket.write_timeout_ms must be > 0",
+            ),
+            (
+                self.websocket.close_timeout_ms > 0,
+                "websocket.close_timeout_ms must be > 0",
+            ),
+            (
+                self.websocket.max_request_head >= 512,
+                "websocket.max_request_head must be >= 512",
+            ),
+            (
+                self.outbound.max_queued_frames > 0,
+                "outbound.max_queued_frames must be > 0",
+            ),
+            (
+                self.outbound.max_queued_bytes > 0,
+                "outbound.max_queued_bytes must be > 0",
+            ),
+            (
+                (1..=1024).contains(&self.outbound.write_batch_frames),
+                "outbound.write_batch_frames must be within 1..=1024",
+            ),
+            (
+                self.mesh.queue_capacity > 0,
+                "mesh.queue_capacity must be > 0",
+            ),
+            (self.io_memory >= 64 * 1024, "io_memory must be >= 65536"),
+        ];
+        checks
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, msg)| (*msg).to_string())
+            .collect()
+    }
+}
+
+/// `[websocket]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Largest single frame payload accepted from a client; larger closes with 1009.
+    pub max_frame_size: usize,
+    /// Largest reassembled message accepted from a client; larger closes with 1009.
+    pub max_message_size: usize,
+    /// Time a client has to complete the HTTP upgrade after its TCP connect.
+    pub handshake_timeout_ms: u64,
+    /// A connection that sends nothing (not even a heartbeat) for this long is closed.
+    /// Phoenix uses 60 s; its clients heartbeat every 30 s.
+    pub idle_timeout_ms: u64,
+    /// After the server sends a close frame, how long it waits for the client's close.
+    pub close_timeout_ms: u64,
+    /// A socket that accepts no bytes for this long while output is pending is dropped.
+    pub write_timeout_ms: u64,
+    /// Largest HTTP request head accepted during the upgrade.
+    pub max_request_head: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            max_frame_size: 1 << 20,
+            max_message_size: 1 << 20,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            close_timeout_ms: 5_000,
+            write_timeout_ms: 30_000,
+            max_request_head: 8 * 1024,
+        }
+    }
+}
+
+impl WebSocketConfig {
+    /// `handshake_timeout_ms` as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// `idle_timeout_ms` as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// `close_timeout_ms` as a duration.
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_millis(self.close_timeout_ms)
+    }
+    /// `write_timeout_ms` as a duration.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+}
+
+/// `[outbound]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Frames a connection may have queued before it counts as a slow consumer.
+    pub max_queued_frames: usize,
+    /// Bytes a connection may have queued before it counts as a slow consumer.
+    pub max_queued_bytes: usize,
+    /// Frames gathered into one vectored write.
+    pub write_batch_frames: usize,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            max_queued_frames: 4096,
+            max_queued_bytes: 4 << 20,
+            write_batch_frames: 64,
+        }
+    }
+}
+
+/// `[mesh]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    /// Capacity of each shard's inbound queues (publishes to owned topics, and deliveries).
+    pub queue_capacity: usize,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            queue_capacity: 8192,
+        }
+    }
+}
