@@ -40,6 +40,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -216,6 +217,8 @@ struct TestConn {
     mailbox: VecDeque<Mail>,
     received: Vec<Frame>,
     closed: Option<(u16, &'static str)>,
+    /// Its channels have terminated after a close (as the runtime's session end does).
+    terminated: bool,
     next_ref: u64,
 }
 
@@ -232,6 +235,8 @@ enum Timer {
 enum Job {
     Conn(Client, Vec<Effect>),
     Owner(Vec<Effect>),
+    /// An owner task on a (virtually) remote owner: runs after what is queued before it.
+    OwnerTask(Topic, OwnerTask),
 }
 
 /// The runtime's test double: one virtual shard owning every topic, a virtual clock.
@@ -246,6 +251,7 @@ pub struct TestServer {
     spawned: Vec<(LocalFuture<Box<dyn Any>>, Then)>,
     published: Vec<Published>,
     waker: Arc<Unparker>,
+    remote_owners: bool,
 }
 
 struct Unparker(std::thread::Thread);
@@ -276,7 +282,17 @@ impl TestServer {
             spawned: Vec::new(),
             published: Vec::new(),
             waker: Arc::new(Unparker(std::thread::current())),
+            remote_owners: false,
         }
+    }
+
+    /// Runs owner tasks as a later step, as the runtime does when a topic's owner is another
+    /// shard (for N shards, N-1 topics in N): a reply to a push then reaches the client before
+    /// what the owner task broadcasts. By default owner tasks run at once, before the rest of
+    /// the callback's effects, as on a topic this shard owns. Test channels in both modes.
+    pub fn with_remote_owners(mut self) -> TestServer {
+        self.remote_owners = true;
+        self
     }
 
     /// The virtual time.
@@ -309,6 +325,7 @@ impl TestServer {
             mailbox: VecDeque::new(),
             received: Vec::new(),
             closed: None,
+            terminated: false,
             next_ref: 0,
         });
         Ok(self.conns.len() - 1)
@@ -330,6 +347,10 @@ impl TestServer {
         event: &str,
         payload: Payload,
     ) -> Vec<Frame> {
+        assert!(
+            self.conns[client].closed.is_none(),
+            "client {client} is closed: its socket takes no more messages"
+        );
         let before = self.conns[client].received.len();
         let msg = Inbound {
             join_ref: join_ref.map(|r| ByteString::from(r.to_string())),
@@ -504,10 +525,16 @@ impl TestServer {
         loop {
             while let Some(job) = jobs.pop_front() {
                 match job {
-                    Job::Conn(client, effects) => self.apply(Some(client), effects),
-                    Job::Owner(effects) => self.apply(None, effects),
+                    Job::Conn(client, effects) => self.apply(Some(client), effects, &mut jobs),
+                    Job::Owner(effects) => self.apply(None, effects, &mut jobs),
+                    Job::OwnerTask(topic, task) => {
+                        let effects = self.owner_effects(&topic, task);
+                        self.apply(None, effects, &mut jobs);
+                        self.release_if_unused(&topic);
+                    }
                 }
                 self.drain_mailboxes(&mut jobs);
+                self.end_closed_sessions(&mut jobs);
             }
             if self.spawned.is_empty() {
                 return;
@@ -520,6 +547,18 @@ impl TestServer {
                     "spawned work did not finish in {SPAWN_WAIT:?}"
                 );
                 std::thread::park_timeout(deadline - now);
+            }
+        }
+    }
+
+    /// A socket whose close was asked for ends like the runtime's session: its channels
+    /// terminate and unsubscribe; nothing more reaches it.
+    fn end_closed_sessions(&mut self, jobs: &mut VecDeque<Job>) {
+        for client in 0..self.conns.len() {
+            if self.conns[client].closed.is_some() && !self.conns[client].terminated {
+                self.conns[client].terminated = true;
+                let effects = self.with_outbox(client, |socket, out| socket.terminate_all(out));
+                jobs.push_back(Job::Conn(client, effects));
             }
         }
     }
@@ -564,7 +603,7 @@ impl TestServer {
         progressed
     }
 
-    fn apply(&mut self, origin: Option<Client>, effects: Vec<Effect>) {
+    fn apply(&mut self, origin: Option<Client>, effects: Vec<Effect>, jobs: &mut VecDeque<Job>) {
         for effect in effects {
             match effect {
                 Effect::Send(frame) => match origin {
@@ -606,11 +645,17 @@ impl TestServer {
                     topic,
                     delay: None,
                     task,
+                } if self.remote_owners => jobs.push_back(Job::OwnerTask(topic, task)),
+                Effect::RunOnOwner {
+                    topic,
+                    delay: None,
+                    task,
                 } => {
+                    // A local owner: its effects run before the rest of this list, as the
+                    // runtime awaits them.
                     let effects = self.owner_effects(&topic, task);
+                    self.apply(None, effects, jobs);
                     self.release_if_unused(&topic);
-                    // Owner effects run before the rest of this list, as the runtime awaits them.
-                    self.apply(None, effects);
                 }
                 Effect::RunOnOwner {
                     topic,
@@ -642,7 +687,10 @@ impl TestServer {
             &mut effects,
             &mut self.arena,
         );
-        task(&mut ctx);
+        if catch_unwind(AssertUnwindSafe(|| task(&mut ctx))).is_err() {
+            // As the runtime: a panicking owner task's effects are discarded.
+            self.owner_states.discard(&mut effects);
+        }
         effects
     }
 
@@ -700,7 +748,10 @@ impl TestServer {
 }
 
 fn push_frame(conn: &mut TestConn, frame: Bytes) {
-    conn.received.push(Frame::decode(&frame));
+    // After a close the runtime's outbound queue refuses frames.
+    if conn.closed.is_none() {
+        conn.received.push(Frame::decode(&frame));
+    }
 }
 
 fn json(v: &Value) -> Payload {
@@ -781,6 +832,14 @@ mod tests {
                 "stop" => HandleIn::Stop(None),
                 "close" => {
                     ctx.close_socket(4000, "asked");
+                    HandleIn::ok(Payload::empty())
+                }
+                "owner_panic" => {
+                    ctx.run_on_owner(|owner| {
+                        owner.topic_state::<Joins>();
+                        owner.run_after(Duration::from_secs(1), |_| {});
+                        panic!("owner task fails after scheduling work");
+                    });
                     HandleIn::ok(Payload::empty())
                 }
                 _ => HandleIn::error_reason("unknown event"),
@@ -951,7 +1010,49 @@ mod tests {
         s.push(a, "probe:9", "close", json!({}));
         assert_eq!(s.closed(a), None, "not joined: unmatched, nothing closed");
         s.join(a, "probe:9", json!({}));
-        s.push(a, "probe:9", "close", json!({}));
+        let r = s.push(a, "probe:9", "close", json!({}));
+        assert_eq!(r.status(), None, "the reply comes after the close: refused");
         assert_eq!(s.closed(a), Some((4000, "asked")));
+        // The session ended as the runtime's does: channels terminated and unsubscribed.
+        assert!(!s.is_subscribed(a, "probe:9") && !s.is_subscribed(a, "echo:1"));
+        let why: Vec<_> = s
+            .published()
+            .iter()
+            .filter_map(|p| p.json_payload())
+            .collect();
+        assert!(why.contains(&json!({"why": "Disconnect"})), "{why:?}");
+    }
+
+    #[test]
+    fn a_panicking_owner_task_leaves_no_pending_work_behind() {
+        let mut s = server();
+        let c = s.connect(&[]).unwrap();
+        s.join(c, "probe:1", json!({}));
+        s.push(c, "probe:1", "owner_panic", json!({}));
+        assert_eq!(s.pending_timers(), 0, "its effects were discarded");
+        s.leave(c, "probe:1");
+        assert!(!s.owner_states().has_topic_state("probe:1"));
+    }
+
+    #[test]
+    fn remote_owners_run_after_the_callback_local_ones_before_its_reply() {
+        for remote in [false, true] {
+            let mut s = server();
+            if remote {
+                s = s.with_remote_owners();
+            }
+            let c = s.connect(&[]).unwrap();
+            let frames = s.send(
+                c,
+                Some("1"),
+                Some("1"),
+                "probe:1",
+                "phx_join",
+                Payload::empty(),
+            );
+            let events: Vec<&str> = frames.iter().map(|f| f.event()).collect();
+            // The join reply always comes first (the owner's answer goes through handle_info).
+            assert_eq!(events, ["phx_reply", "counted"], "remote: {remote}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use shardcast::core::{
 };
 use shardcast::ReplyStatus;
 use std::time::Duration;
+use tungstenite::Message;
 
 /// The socket's assigns: who it is.
 struct Player {
@@ -72,6 +73,16 @@ impl Channel for Table {
                 HandleIn::NoReply
             }
             "crash" => panic!("boom"),
+            "bye" => {
+                // A push, the close, then a push the close must refuse.
+                let sent = ctx.push("goodbye", &Payload::empty());
+                ctx.close_socket(4000, "bye");
+                let after = ctx.push("too_late", &Payload::empty());
+                match sent.and(after) {
+                    Ok(()) => HandleIn::NoReply,
+                    Err(e) => panic!("{e}"),
+                }
+            }
             "square" => {
                 // Work done off the shard (a stand-in for the storage thread), awaited without
                 // blocking the connection; the answer arrives in handle_info.
@@ -240,4 +251,19 @@ fn spawned_work_answers_through_handle_info_and_owner_continuations() {
         recv_json(&mut ws),
         json!([null, null, "table:1", "squared", {"sq": 25}])
     );
+}
+
+#[test]
+fn a_channel_closes_its_socket_in_order() {
+    let server = TestServer::start(app(), |_| {});
+    let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0&token=good"));
+    send_text(&mut ws, r#"["1","1","table:1","phx_join",{}]"#);
+    recv_json(&mut ws);
+    send_text(&mut ws, r#"["1","2","table:1","bye",{}]"#);
+    assert_eq!(recv_json(&mut ws)[3], "goodbye");
+    // The close frame comes next: the push made after close_socket never leaves.
+    match recv(&mut ws) {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 4000),
+        other => panic!("expected the close frame, got {other:?}"),
+    }
 }

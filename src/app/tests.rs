@@ -59,6 +59,13 @@ impl Fixture {
         }
     }
 
+    /// Owner tasks as on a topic another shard owns (see `TestServer::with_remote_owners`).
+    fn with_remote_owners(mut self) -> Fixture {
+        let app = default_app(&self.config, self.storage.as_ref().unwrap().handle()).unwrap();
+        self.server = TestServer::new(app).with_remote_owners();
+        self
+    }
+
     /// A socket of user `sub`.
     fn user(&mut self, sub: &str) -> Client {
         let token = self.auth.sign(&Claims::new(sub, sub.to_uppercase(), 3600));
@@ -400,4 +407,38 @@ fn a_room_lives_on_its_owner_while_it_has_members_or_pending_work() {
     let state = payloads(&f.server, bo, "room_state");
     assert_eq!(state[0]["recent_messages"][0]["body"], "kept");
     assert!(f.server.owner_states().has_topic_state("room:life"));
+}
+
+#[test]
+fn a_push_reply_and_its_owner_broadcast_in_both_owner_placements() {
+    for remote in [false, true] {
+        let mut f = Fixture::new();
+        if remote {
+            f = f.with_remote_owners();
+        }
+        let ada = f.user("ada");
+        f.server.join(ada, "room:1", json!({}));
+        f.server.take_received(ada);
+        f.server
+            .push(ada, "room:1", "status", json!({"status": "away"}));
+        let events: Vec<String> = f
+            .server
+            .take_received(ada)
+            .iter()
+            .map(|fr| fr.event().to_string())
+            .collect();
+        // A topic this shard owns: the owner's broadcast goes out before the reply; owned by
+        // another shard: after it. Clients must not depend on either.
+        let expected = if remote {
+            ["phx_reply", "presence_diff"]
+        } else {
+            ["presence_diff", "phx_reply"]
+        };
+        assert_eq!(events, expected, "remote owners: {remote}");
+        // Either way the room works the same.
+        let r = f
+            .server
+            .push(ada, "room:1", "new_message", json!({"body": "hi"}));
+        assert_eq!(r.status(), Some("ok"));
+    }
 }

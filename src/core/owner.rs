@@ -66,6 +66,25 @@ impl OwnerStates {
         }
     }
 
+    /// A panicking owner task's effects are discarded; the pending work it had counted
+    /// (`spawn_then`, `run_after`) will never finish, so it is uncounted here.
+    pub fn discard(&mut self, effects: &mut Vec<Effect>) {
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Spawn {
+                    then: Then::Owner { topic, .. },
+                    ..
+                }
+                | Effect::RunOnOwner {
+                    topic,
+                    delay: Some(_),
+                    ..
+                } => self.work_finished(&topic),
+                _ => {}
+            }
+        }
+    }
+
     /// Spawned owner work for `topic` finished (its continuation has run).
     pub fn work_finished(&mut self, topic: &str) {
         if let Some(e) = self.per_topic.get_mut(topic) {

@@ -239,14 +239,20 @@ impl Authenticator {
         kid: Option<String>,
         pem: &[u8],
     ) -> Result<Authenticator, AuthError> {
+        let refuse = |reason: String| AuthError::PublicKey {
+            name: kid.clone().unwrap_or_else(|| format!("{alg:?}")),
+            reason,
+        };
+        // The key must be of the pinned kind: an RSA key for RS256, a P-256 key for ES256 (a
+        // P-384 key would load and then refuse every token).
+        if !pem_key_matches(pem, alg) {
+            return Err(refuse(format!("not a {alg:?} public key")));
+        }
         let parsed = match alg {
             KeyAlgorithm::RS256 => DecodingKey::from_rsa_pem(pem),
             KeyAlgorithm::ES256 => DecodingKey::from_ec_pem(pem),
         };
-        let key = parsed.map_err(|e| AuthError::PublicKey {
-            name: kid.clone().unwrap_or_else(|| format!("{alg:?}")),
-            reason: e.to_string(),
-        })?;
+        let key = parsed.map_err(|e| refuse(e.to_string()))?;
         let alg = match alg {
             KeyAlgorithm::RS256 => Algorithm::RS256,
             KeyAlgorithm::ES256 => Algorithm::ES256,
@@ -366,6 +372,30 @@ impl Authenticator {
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         self.verify_at(token, unix_now())
     }
+}
+
+/// Whether a PEM public key (SubjectPublicKeyInfo) names the algorithm's key type: the
+/// rsaEncryption OID for RS256, the P-256 curve OID for ES256.
+fn pem_key_matches(pem: &[u8], alg: KeyAlgorithm) -> bool {
+    const RSA: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+    ];
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let text = String::from_utf8_lossy(pem);
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<String>()
+        .split_whitespace()
+        .collect();
+    let Ok(der) = base64::engine::general_purpose::STANDARD.decode(body) else {
+        return false;
+    };
+    let oid = match alg {
+        KeyAlgorithm::RS256 => RSA,
+        KeyAlgorithm::ES256 => P256,
+    };
+    der.windows(oid.len()).any(|w| w == oid)
 }
 
 /// Whether `topic` matches one of `patterns` (`prefix*` or exact).
@@ -856,11 +886,21 @@ mod tests {
             auth().verify_at(&rs, 1_500),
             Err(TokenError::UnsupportedAlgorithm)
         );
-        // A key that is not PEM is refused at setup.
+        // A key that is not PEM, or not of the pinned kind, is refused at setup.
         assert!(matches!(
             auth().with_public_key(KeyAlgorithm::RS256, None, b"not a key"),
             Err(AuthError::PublicKey { .. })
         ));
+        for (alg, pem) in [
+            (KeyAlgorithm::ES256, "rs256-public.pem"),
+            (KeyAlgorithm::RS256, "es256-public.pem"),
+            (KeyAlgorithm::ES256, "p384-public.pem"),
+        ] {
+            assert!(matches!(
+                auth().with_public_key(alg, None, &fixture(pem)),
+                Err(AuthError::PublicKey { .. })
+            ));
+        }
     }
 
     #[test]

@@ -477,17 +477,13 @@ impl Conn {
             .socket
             .as_ref()
             .map_or(Serializer::V2, |s| s.conn().serializer);
-        let mut close = None;
         let origin = ConnOrigin {
             conn_id: self.conn_id,
             serializer,
             shared: &self.shared,
-            close: &mut close,
+            close_sent: &mut self.close_sent,
         };
         interpret::apply(&self.shard, Some(origin), &mut effects).await;
-        if let Some((code, reason)) = close {
-            self.close(code, reason);
-        }
         // Back to the shard's pool: an idle connection holds no effect buffer.
         self.shard.recycle_effects(effects);
     }

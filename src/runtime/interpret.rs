@@ -10,6 +10,7 @@ use super::shard::Shard;
 use super::topics::Subscriber;
 use crate::core::{ConnAddr, ConnId, Effect, OwnerCtx, OwnerTask, Then, Topic};
 use crate::protocol::phoenix::Serializer;
+use crate::protocol::websocket::encode_close;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -22,8 +23,9 @@ pub struct ConnOrigin<'a> {
     pub serializer: Serializer,
     /// Its shard-facing half.
     pub shared: &'a Rc<ConnShared>,
-    /// Set when a callback asked to close the socket; the session closes after the effects.
-    pub close: &'a mut Option<(u16, &'static str)>,
+    /// Whether the close frame is queued (by an earlier effect or by the session itself); the
+    /// session ends once the effects are done.
+    pub close_sent: &'a mut bool,
 }
 
 /// Carries out `effects` in order, leaving the vector empty (for reuse).
@@ -60,7 +62,12 @@ pub async fn apply(
             },
             Effect::Close { code, reason } => match &mut origin {
                 Some(conn) => {
-                    conn.close.get_or_insert((code, reason));
+                    // Queued here, in order: frames the callback asked for after it are refused.
+                    if !*conn.close_sent {
+                        let frame = shard.with_arena(|a| encode_close(a, code, reason));
+                        conn.shared.outbound.close_with(frame);
+                        *conn.close_sent = true;
+                    }
                 }
                 None => tracing::error!(code, "Effect::Close outside a connection dropped"),
             },
@@ -153,7 +160,7 @@ async fn run_owner(shard: &Rc<Shard>, topic: Topic, task: impl FnOnce(&mut Owner
         Box::pin(apply(shard, None, &mut effects)).await;
     } else {
         tracing::error!(topic = %topic, "owner task panicked");
-        effects.clear();
+        shard.owner_states.borrow_mut().discard(&mut effects);
     }
     shard.recycle_effects(effects);
     shard.release_topic_if_idle(&topic);
