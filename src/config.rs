@@ -18,7 +18,9 @@ pub use crate::features::room::RoomsConfig;
 #[cfg(feature = "uploads")]
 pub use crate::features::uploads::UploadsConfig;
 pub use crate::features::voice::AudioConfig;
-pub use crate::runtime::config::{MeshConfig, OutboundConfig, ServerConfig, WebSocketConfig};
+pub use crate::runtime::config::{
+    MeshConfig, OutboundConfig, ServerConfig, SocketLimits, WebSocketConfig,
+};
 #[cfg(feature = "sqlite")]
 pub use crate::storage::config::{StorageConfig, Synchronous};
 use serde::{Deserialize, Serialize};
@@ -77,6 +79,8 @@ pub struct Config {
     pub outbound: OutboundConfig,
     /// `[mesh]`: queues between shards.
     pub mesh: MeshConfig,
+    /// `[channels]`: what one socket may make the server hold.
+    pub channels: SocketLimits,
     /// `[log]`: format and level.
     pub log: LogConfig,
     /// `[auth]`: token secret and public keys.
@@ -143,6 +147,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             outbound: OutboundConfig::default(),
             mesh: MeshConfig::default(),
+            channels: SocketLimits::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             #[cfg(feature = "rooms")]
@@ -245,6 +250,7 @@ impl Config {
             websocket: self.websocket.clone(),
             outbound: self.outbound.clone(),
             mesh: self.mesh.clone(),
+            channels: self.channels,
         }
     }
 

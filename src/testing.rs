@@ -1024,6 +1024,28 @@ mod tests {
     }
 
     #[test]
+    fn names_and_joins_per_socket_are_bounded() {
+        let mut s = server();
+        let c = s.connect(&[]).unwrap();
+        for i in 0..100 {
+            assert_eq!(
+                s.join(c, &format!("echo:{i}"), json!({})).status(),
+                Some("ok")
+            );
+        }
+        let r = s.join(c, "echo:100", json!({}));
+        assert_eq!(r.response(), json!({"reason": "too_many_joins"}));
+        // Joining a topic again is a rejoin, not one more; leaving makes room.
+        assert_eq!(s.join(c, "echo:7", json!({})).status(), Some("ok"));
+        s.leave(c, "echo:7");
+        assert_eq!(s.join(c, "echo:100", json!({})).status(), Some("ok"));
+        // A name longer than 255 bytes is not echoed back: the socket closes with 1008.
+        let long = format!("echo:{}", "x".repeat(251));
+        s.send(c, Some("9"), Some("9"), &long, "phx_join", Payload::empty());
+        assert_eq!(s.closed(c), Some((1008, "topic or event name too long")));
+    }
+
+    #[test]
     fn a_panicking_owner_task_leaves_no_pending_work_behind() {
         let mut s = server();
         let c = s.connect(&[]).unwrap();

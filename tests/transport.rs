@@ -90,6 +90,49 @@ fn garbage_and_oversized_heads_get_http_errors() {
 }
 
 #[test]
+fn malformed_websocket_keys_get_400() {
+    let server = TestServer::start(App::default(), |_| {});
+    for key in [
+        "abc".to_string(),
+        "A".repeat(2000),
+        "dGhlIHNhbXBsZSBub25jZQ".into(),
+    ] {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        let head = format!(
+            "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let answer = String::from_utf8_lossy(&expect_eof(s)).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{key}: {answer}");
+        assert!(answer.contains("Sec-WebSocket-Key"), "{answer}");
+    }
+    assert_eq!(server.metric("handshake_failures"), 3);
+    // The RFC's example key still upgrades.
+    let _ws = connect(&server.url("/socket/websocket?vsn=2.0.0"));
+}
+
+#[test]
+fn long_names_close_the_socket_and_joins_per_socket_are_bounded() {
+    let server = TestServer::start(App::default(), |c| c.channels.max_joins_per_socket = 3);
+    let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0"));
+    for i in 0..3 {
+        send_text(
+            &mut ws,
+            &format!(r#"["{i}","{i}","echo:{i}","phx_join",{{}}]"#),
+        );
+        assert_eq!(recv_json(&mut ws)[4]["status"], "ok");
+    }
+    send_text(&mut ws, r#"["9","9","echo:9","phx_join",{}]"#);
+    assert_eq!(
+        recv_json(&mut ws)[4],
+        json!({"status": "error", "response": {"reason": "too_many_joins"}})
+    );
+    let long = "x".repeat(300);
+    send_text(&mut ws, &format!(r#"["1","2","echo:1","{long}",{{}}]"#));
+    assert_eq!(recv_close(&mut ws), 1008);
+}
+
+#[test]
 fn silent_socket_is_closed_after_the_idle_timeout() {
     let server = TestServer::start(App::default(), |c| c.websocket.idle_timeout_ms = 300);
     let mut ws = connect(&server.url("/socket/websocket?vsn=2.0.0"));

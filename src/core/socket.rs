@@ -72,11 +72,61 @@ impl IntoIterator for JoinedTopics {
     }
 }
 
+/// What one socket may make the server hold (`[channels]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketLimits {
+    /// Longest topic name, in bytes (Phoenix's binary frames cannot carry more than 255). A
+    /// message naming a longer one closes the socket with 1008.
+    pub max_topic_bytes: usize,
+    /// Longest event name, in bytes; longer closes the socket with 1008.
+    pub max_event_bytes: usize,
+    /// Channels one socket may have joined at once; a join past it is refused
+    /// (`{"reason": "too_many_joins"}`).
+    pub max_joins_per_socket: usize,
+}
+
+impl Default for SocketLimits {
+    fn default() -> Self {
+        SocketLimits {
+            max_topic_bytes: 255,
+            max_event_bytes: 255,
+            max_joins_per_socket: 100,
+        }
+    }
+}
+
+impl SocketLimits {
+    /// Every invalid value, with the reason.
+    pub fn problems(&self) -> Vec<String> {
+        let checks = [
+            (
+                (1..=65_535).contains(&self.max_topic_bytes),
+                "channels.max_topic_bytes must be within 1..=65535",
+            ),
+            (
+                (1..=65_535).contains(&self.max_event_bytes),
+                "channels.max_event_bytes must be within 1..=65535",
+            ),
+            (
+                self.max_joins_per_socket > 0,
+                "channels.max_joins_per_socket must be > 0",
+            ),
+        ];
+        checks
+            .iter()
+            .filter(|(ok, _)| !ok)
+            .map(|(_, msg)| (*msg).to_string())
+            .collect()
+    }
+}
+
 /// The channels joined on one socket and the Phoenix rules between them.
 pub struct PhoenixSocket {
     conn: ConnState,
     router: Arc<Router>,
     joined: JoinedTopics,
+    limits: SocketLimits,
 }
 
 impl PhoenixSocket {
@@ -86,7 +136,14 @@ impl PhoenixSocket {
             conn,
             router,
             joined: JoinedTopics::default(),
+            limits: SocketLimits::default(),
         }
+    }
+
+    /// The same, under `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: SocketLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The connection's facts.
@@ -101,6 +158,16 @@ impl PhoenixSocket {
 
     /// Handles one client message.
     pub fn handle(&mut self, msg: Inbound, out: &mut Outbox<'_>) {
+        if msg.topic.len() > self.limits.max_topic_bytes
+            || msg.event.len() > self.limits.max_event_bytes
+        {
+            // Not echoed in a reply (it would send the oversized name back): the socket closes.
+            out.effects.push(Effect::Close {
+                code: 1008,
+                reason: "topic or event name too long",
+            });
+            return;
+        }
         let event: &str = &msg.event;
         if msg.topic == event::HEARTBEAT_TOPIC && event == event::HEARTBEAT {
             self.reply_direct(
@@ -122,6 +189,19 @@ impl PhoenixSocket {
     }
 
     fn join(&mut self, msg: Inbound, out: &mut Outbox<'_>) {
+        if !self.joined.contains_key(&msg.topic)
+            && self.joined.0.len() >= self.limits.max_joins_per_socket
+        {
+            let payload =
+                Payload::raw_json(bytes::Bytes::from_static(br#"{"reason":"too_many_joins"}"#));
+            return self.reply_direct(
+                &msg,
+                msg.join_ref.as_ref(),
+                ReplyStatus::Error,
+                &payload,
+                out,
+            );
+        }
         let Some(mut channel) = self.router.route(&msg.topic) else {
             return self.unmatched(&msg, out);
         };

@@ -143,11 +143,12 @@ pub fn check_upgrade(head: &RequestHead) -> UpgradeCheck {
     if head.headers.get("sec-websocket-version").map(|v| v.trim()) != Some("13") {
         return UpgradeCheck::Refuse(426, "unsupported Sec-WebSocket-Version (13 required)");
     }
-    match head.headers.get("sec-websocket-key") {
-        Some(key) if !key.trim().is_empty() => UpgradeCheck::Accept(
-            tungstenite::handshake::derive_accept_key(key.trim().as_bytes()),
-        ),
-        _ => UpgradeCheck::Refuse(400, "missing Sec-WebSocket-Key"),
+    match head.headers.get("sec-websocket-key").map(|k| k.trim()) {
+        Some(key) if is_websocket_key(key) => {
+            UpgradeCheck::Accept(tungstenite::handshake::derive_accept_key(key.as_bytes()))
+        }
+        Some(_) => UpgradeCheck::Refuse(400, "Sec-WebSocket-Key must be base64 of 16 bytes"),
+        None => UpgradeCheck::Refuse(400, "missing Sec-WebSocket-Key"),
     }
 }
 
@@ -186,9 +187,39 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// RFC 6455 §4.2.1: the key is the base64 encoding of 16 bytes — 24 characters, the last two
+/// `==`, and the 22nd one of `AQgw` (the last 4 bits of the 16th byte are padding and zero).
+fn is_websocket_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    let b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
+    b.len() == 24
+        && b[22..] == *b"=="
+        && b[..21].iter().all(|&c| b64(c))
+        && matches!(b[21], b'A' | b'Q' | b'g' | b'w')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websocket_keys_must_be_base64_of_16_bytes() {
+        assert!(is_websocket_key("dGhlIHNhbXBsZSBub25jZQ=="));
+        for bad in [
+            "",
+            "abc",
+            "dGhlIHNhbXBsZSBub25jZQ",           // no padding
+            "dGhlIHNhbXBsZSBub25jZR==",         // non-zero padding bits
+            "dGhlIHNhbXBsZSBub25j*Q==",         // not base64
+            "dGhlIHNhbXBsZSBub25jZSBub25jZQ==", // 22 bytes
+        ] {
+            assert!(!is_websocket_key(bad), "{bad}");
+        }
+        assert!(!is_websocket_key(&"A".repeat(2000)));
+        let bad = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "abc");
+        let head = parse_request_head(bad.as_bytes(), 8192).unwrap().unwrap();
+        assert!(matches!(check_upgrade(&head), UpgradeCheck::Refuse(400, _)));
+    }
 
     const UPGRADE: &str = "GET /socket/websocket?vsn=2.0.0&token=a%2Bb&x=1+2 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 

@@ -113,8 +113,8 @@ impl WsDecoder {
             self.check_header(&header, len)?;
             let len = len as usize;
             if buf.len() < header_len + len {
-                // Make room for the whole frame once, rather than growing step by step.
-                buf.reserve(header_len + len - buf.len());
+                // Nothing is reserved for the declared length: the buffer grows with the bytes
+                // that actually arrive, so a header announcing 1 MiB costs what follows it.
                 return Ok(None);
             }
             let mut frame = buf.split_to(header_len + len);
@@ -426,6 +426,23 @@ mod tests {
         out.extend_from_slice(&mask);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         out
+    }
+
+    #[test]
+    fn a_declared_length_reserves_nothing() {
+        // A header announcing a 60 KiB payload, followed by one byte of it.
+        let frame = client_frame(true, 2, &[7u8; 60 * 1024]);
+        let mut dec = WsDecoder::new(LIMITS);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&frame[..15]);
+        assert!(dec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() < 1024, "capacity {}", buf.capacity());
+        // The rest arrives: the frame decodes whole.
+        buf.extend_from_slice(&frame[15..]);
+        match dec.decode(&mut buf).unwrap() {
+            Some(WsEvent::Binary(p)) => assert_eq!(p.len(), 60 * 1024),
+            other => panic!("{other:?}"),
+        }
     }
 
     fn decode_all(bytes: &[u8]) -> Result<Vec<WsEvent>, WsViolation> {

@@ -1,5 +1,6 @@
 //! The runtime's configuration: what the shards, the mesh and the sockets need.
 
+pub use crate::core::socket::SocketLimits;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub struct ServerConfig {
     pub outbound: OutboundConfig,
     /// Queues between shards.
     pub mesh: MeshConfig,
+    /// What one socket may make the server hold (names, joins).
+    pub channels: SocketLimits,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +44,7 @@ impl Default for ServerConfig {
             websocket: WebSocketConfig::default(),
             outbound: OutboundConfig::default(),
             mesh: MeshConfig::default(),
+            channels: SocketLimits::default(),
         }
     }
 }
@@ -57,6 +61,7 @@ impl ServerConfig {
 
     /// Every invalid value of the runtime's keys, with the reason.
     pub fn problems(&self) -> Vec<String> {
+        let mut all = self.channels.problems();
         let checks = [
             (
                 self.websocket.max_frame_size > 0,
@@ -104,11 +109,13 @@ impl ServerConfig {
             ),
             (self.io_memory >= 64 * 1024, "io_memory must be >= 65536"),
         ];
-        checks
-            .iter()
-            .filter(|(ok, _)| !ok)
-            .map(|(_, msg)| (*msg).to_string())
-            .collect()
+        all.extend(
+            checks
+                .iter()
+                .filter(|(ok, _)| !ok)
+                .map(|(_, msg)| (*msg).to_string()),
+        );
+        all
     }
 }
 

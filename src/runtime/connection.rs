@@ -206,15 +206,18 @@ async fn run_session(
             Session::Phoenix {
                 serializer,
                 assigns,
-            } => Some(PhoenixSocket::new(
-                ConnState {
-                    conn_id,
-                    shard: shard.id,
-                    serializer,
-                    assigns,
-                },
-                shard.app.router.clone(),
-            )),
+            } => Some(
+                PhoenixSocket::new(
+                    ConnState {
+                        conn_id,
+                        shard: shard.id,
+                        serializer,
+                        assigns,
+                    },
+                    shard.app.router.clone(),
+                )
+                .with_limits(config.channels),
+            ),
             Session::Echo => None,
         },
         effects: Vec::new(),
