@@ -76,6 +76,44 @@ fn silent_handshake_is_dropped_after_the_timeout() {
 }
 
 #[test]
+fn a_trickled_handshake_gets_no_more_time_than_a_silent_one() {
+    // Slowloris: one byte of a valid upgrade every 50 ms, against a 300 ms handshake timeout.
+    // Restarting the timeout on every byte would keep the socket forever; the deadline counts
+    // from the accept, so the server closes it while the head is still incomplete.
+    let server = TestServer::start(App::default(), |c| c.websocket.handshake_timeout_ms = 300);
+    let head = b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut closed_at = None;
+    for (i, b) in head.iter().enumerate() {
+        if s.write_all(&[*b]).is_err() {
+            closed_at = Some(i);
+            break;
+        }
+        let mut one = [0u8; 1];
+        match s.read(&mut one) {
+            Ok(0) => {
+                closed_at = Some(i);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                closed_at = Some(i);
+                break;
+            }
+            Ok(_) => panic!("the server answered an incomplete head"),
+            Err(_) => {} // read timeout: the pace of the trickle
+        }
+    }
+    let at = closed_at.expect("the server kept a trickling handshake open");
+    assert!(
+        at < head.len() - 1,
+        "closed only at byte {at} of {}",
+        head.len()
+    );
+    assert_eq!(server.metric("handshake_failures"), 1);
+}
+
+#[test]
 fn garbage_and_oversized_heads_get_http_errors() {
     let server = TestServer::start(App::default(), |_| {});
     let mut s = TcpStream::connect(server.addr).unwrap();

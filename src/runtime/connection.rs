@@ -32,8 +32,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let stream = Rc::new(SharedStream::new(stream));
     let ws = &shard.config.websocket;
-    stream.set_read_timeout(ws.handshake_timeout());
     stream.set_write_timeout(ws.write_timeout());
+    // The whole head must arrive within the timeout, counted from the accept: a client that
+    // trickles a byte at a time does not restart it.
+    let deadline = std::time::Instant::now() + ws.handshake_timeout();
 
     let mut buf = BytesMut::new();
     let head = loop {
@@ -54,10 +56,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 return;
             }
         }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            ShardMetrics::inc(&shard.metrics().handshake_failures);
+            return;
+        }
+        stream.set_read_timeout(left);
         match read_some(&shard, &stream, &mut buf).await {
             Ok(n) if n > 0 => {}
             _ => {
-                // Closed, failed, or silent past the handshake timeout.
+                // Closed, failed, or silent past the handshake deadline.
                 ShardMetrics::inc(&shard.metrics().handshake_failures);
                 return;
             }
