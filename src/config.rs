@@ -136,18 +136,31 @@ impl Default for LogConfig {
 
 impl Default for Config {
     fn default() -> Self {
+        // The runtime's keys take the runtime's own defaults.
+        let ServerConfig {
+            listen,
+            shards,
+            pin_shards,
+            echo_endpoint,
+            io_memory,
+            shutdown_timeout_ms,
+            websocket,
+            outbound,
+            mesh,
+            channels,
+        } = ServerConfig::default();
         Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
-            shards: 0,
-            pin_shards: true,
+            listen,
+            shards,
+            pin_shards,
             data_dir: PathBuf::from("./data"),
-            echo_endpoint: false,
-            io_memory: 512 * 1024,
-            shutdown_timeout_ms: 10_000,
-            websocket: WebSocketConfig::default(),
-            outbound: OutboundConfig::default(),
-            mesh: MeshConfig::default(),
-            channels: SocketLimits::default(),
+            echo_endpoint,
+            io_memory,
+            shutdown_timeout_ms,
+            websocket,
+            outbound,
+            mesh,
+            channels,
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             #[cfg(feature = "rooms")]

@@ -432,7 +432,7 @@ impl TestServer {
             self.now = start.advanced(due - start.instant);
             match timer {
                 Timer::Deliver(to, msg) => {
-                    self.deliver(to, msg);
+                    self.deliver_local(to, msg);
                     self.run(Job::Owner(Vec::new()));
                 }
                 Timer::Owner(topic, task) => self.run_owner(topic, task),
@@ -631,7 +631,7 @@ impl TestServer {
                     to,
                     msg,
                     delay: None,
-                } => self.deliver(to, msg),
+                } => self.deliver_local(to, msg),
                 Effect::Deliver {
                     to,
                     msg,
@@ -732,10 +732,6 @@ impl TestServer {
         }
     }
 
-    fn deliver(&mut self, to: ConnAddr, msg: Box<dyn Any + Send>) {
-        self.deliver_local(to, msg);
-    }
-
     fn deliver_local(&mut self, to: ConnAddr, msg: Box<dyn Any>) {
         if let Some(conn) = self.conns.iter_mut().find(|c| c.id == to.conn_id) {
             conn.mailbox.push_back(Mail::Info(Info {
@@ -832,6 +828,10 @@ mod tests {
                 "stop" => HandleIn::Stop(None),
                 "close" => {
                     ctx.close_socket(4000, "asked");
+                    HandleIn::ok(Payload::empty())
+                }
+                "shout_on_owner" => {
+                    ctx.run_on_owner(|owner| owner.broadcast("shout", &Payload::empty()));
                     HandleIn::ok(Payload::empty())
                 }
                 "owner_panic" => {
@@ -1075,6 +1075,20 @@ mod tests {
             let events: Vec<&str> = frames.iter().map(|f| f.event()).collect();
             // The join reply always comes first (the owner's answer goes through handle_info).
             assert_eq!(events, ["phx_reply", "counted"], "remote: {remote}");
+            // An owner's broadcast: before the push's reply on a local owner, after it otherwise.
+            s.take_received(c);
+            s.push(c, "probe:1", "shout_on_owner", json!({}));
+            let events: Vec<String> = s
+                .take_received(c)
+                .iter()
+                .map(|f| f.event().to_string())
+                .collect();
+            let expected = if remote {
+                ["phx_reply", "shout"]
+            } else {
+                ["shout", "phx_reply"]
+            };
+            assert_eq!(events, expected, "remote: {remote}");
         }
     }
 }

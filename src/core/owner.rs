@@ -104,11 +104,6 @@ impl OwnerStates {
         }
     }
 
-    /// Topics that hold per-topic state now.
-    pub fn topics_with_state(&self) -> usize {
-        self.per_topic.len()
-    }
-
     /// Whether `topic` holds per-topic state now.
     pub fn has_topic_state(&self, topic: &str) -> bool {
         self.per_topic.contains_key(topic)

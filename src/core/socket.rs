@@ -96,31 +96,6 @@ impl Default for SocketLimits {
     }
 }
 
-impl SocketLimits {
-    /// Every invalid value, with the reason.
-    pub fn problems(&self) -> Vec<String> {
-        let checks = [
-            (
-                (1..=65_535).contains(&self.max_topic_bytes),
-                "channels.max_topic_bytes must be within 1..=65535",
-            ),
-            (
-                (1..=65_535).contains(&self.max_event_bytes),
-                "channels.max_event_bytes must be within 1..=65535",
-            ),
-            (
-                self.max_joins_per_socket > 0,
-                "channels.max_joins_per_socket must be > 0",
-            ),
-        ];
-        checks
-            .iter()
-            .filter(|(ok, _)| !ok)
-            .map(|(_, msg)| (*msg).to_string())
-            .collect()
-    }
-}
-
 /// The channels joined on one socket and the Phoenix rules between them.
 pub struct PhoenixSocket {
     conn: ConnState,
@@ -209,14 +184,7 @@ impl PhoenixSocket {
         let topic = Topic::from(msg.topic.to_string());
         let join_ref = ByteString::from(msg.join_ref.as_deref().unwrap_or("").to_string());
         let replaced = self.joined.remove(&topic).map(|mut old| {
-            self.call(
-                &topic,
-                &old.join_ref,
-                None,
-                out,
-                |ch, ctx| ch.terminate(ctx, TerminateReason::Duplicate),
-                &mut old.channel,
-            );
+            self.terminate(&topic, &mut old, TerminateReason::Duplicate, out);
             old.join_ref
         });
 
@@ -282,14 +250,7 @@ impl PhoenixSocket {
             .expect("caller checked the topic is joined");
         // Unsubscribed first: what `terminate` broadcasts (a presence leave) is for the others.
         out.effects.push(Effect::Unsubscribe(topic.clone()));
-        self.call(
-            &topic,
-            &joined.join_ref,
-            None,
-            out,
-            |ch, ctx| ch.terminate(ctx, TerminateReason::Leave),
-            &mut joined.channel,
-        );
+        self.terminate(&topic, &mut joined, TerminateReason::Leave, out);
         let reply_to = ReplyRef {
             topic: topic.clone(),
             join_ref: joined.join_ref.clone(),
@@ -368,14 +329,7 @@ impl PhoenixSocket {
     pub fn terminate_all(&mut self, out: &mut Outbox<'_>) {
         for (topic, mut joined) in std::mem::take(&mut self.joined) {
             out.effects.push(Effect::Unsubscribe(topic.clone()));
-            self.call(
-                &topic,
-                &joined.join_ref,
-                None,
-                out,
-                |ch, ctx| ch.terminate(ctx, TerminateReason::Disconnect),
-                &mut joined.channel,
-            );
+            self.terminate(&topic, &mut joined, TerminateReason::Disconnect, out);
         }
     }
 
@@ -387,14 +341,7 @@ impl PhoenixSocket {
         out: &mut Outbox<'_>,
     ) {
         out.effects.push(Effect::Unsubscribe(topic.clone()));
-        self.call(
-            &topic,
-            &joined.join_ref,
-            None,
-            out,
-            |ch, ctx| ch.terminate(ctx, reason),
-            &mut joined.channel,
-        );
+        self.terminate(&topic, &mut joined, reason, out);
         self.control(&topic, &joined.join_ref, event::CLOSE, out);
     }
 
@@ -404,15 +351,26 @@ impl PhoenixSocket {
         tracing::error!(topic = %topic, conn = self.conn.conn_id, "channel crashed");
         out.effects.push(Effect::Unsubscribe(topic.clone()));
         // Cleanup only (presence entries elsewhere); a second panic is caught and ignored.
+        self.terminate(&topic, &mut joined, TerminateReason::Crashed, out);
+        self.control(&topic, &joined.join_ref, event::ERROR, out);
+    }
+
+    /// Runs the channel's `terminate` (a panic in it is caught and ignored).
+    fn terminate(
+        &self,
+        topic: &Topic,
+        joined: &mut Joined,
+        reason: TerminateReason,
+        out: &mut Outbox<'_>,
+    ) {
         self.call(
-            &topic,
+            topic,
             &joined.join_ref,
             None,
             out,
-            |ch, ctx| ch.terminate(ctx, TerminateReason::Crashed),
+            |ch, ctx| ch.terminate(ctx, reason),
             &mut joined.channel,
         );
-        self.control(&topic, &joined.join_ref, event::ERROR, out);
     }
 
     /// Runs a callback, catching a panic (`None`). Effects of a crashed callback are discarded.

@@ -648,6 +648,23 @@ impl JoinDenied {
     }
 }
 
+/// [`authorize_join`] for the channel being joined: its socket's identity, topic and time; a
+/// refusal is the join's error reply.
+pub fn authorize_channel_join<I: Send + 'static>(
+    auth: &Authenticator,
+    ctx: &ChannelCtx<'_, I>,
+    params: &Value,
+) -> Result<User, Payload> {
+    authorize_join(
+        auth,
+        ctx.assigns::<Identity>(),
+        params,
+        ctx.topic(),
+        ctx.now().unix_ms,
+    )
+    .map_err(JoinDenied::payload)
+}
+
 /// Decides who joins `topic`: the join payload's `token` when present (its identity and
 /// `rooms`), else the socket's. A join token of another user than the socket's is refused.
 pub fn authorize_join(
@@ -711,14 +728,7 @@ impl<C: Channel> Channel for Guarded<C> {
         payload: Payload,
     ) -> Result<Payload, Payload> {
         let params: Value = payload.parse().unwrap_or(Value::Null);
-        authorize_join(
-            &self.auth,
-            ctx.assigns::<Identity>(),
-            &params,
-            ctx.topic(),
-            ctx.now().unix_ms,
-        )
-        .map_err(JoinDenied::payload)?;
+        authorize_channel_join(&self.auth, ctx, &params)?;
         self.inner.join(ctx, payload)
     }
 
@@ -764,11 +774,7 @@ impl AuthConfig {
             self.secret.is_empty() || self.secret.len() >= 32,
             "auth.secret must be empty (generated) or at least 32 bytes",
         )];
-        checks
-            .iter()
-            .filter(|(ok, _)| !ok)
-            .map(|(_, msg)| (*msg).to_string())
-            .collect()
+        crate::ops::checks::failed(&checks)
     }
 }
 

@@ -9,7 +9,7 @@
 //! - `status` `{status}` → the meta's `status`.
 //! - leave or disconnect → the meta leaves.
 
-use super::auth::{authorize_join, Identity, JoinDenied, User};
+use super::auth::{authorize_channel_join, User};
 use super::room::{new_meta, push};
 use super::{end_session, SessionWrite};
 use super::{field_error, params, reason, status_param, topic_id, touch_session, Services};
@@ -127,14 +127,7 @@ impl Channel for CollaborationChannel {
 
     fn join(&mut self, ctx: &mut Ctx<'_>, payload: Payload) -> Result<Payload, Payload> {
         let params = params(&payload)?;
-        let user = authorize_join(
-            &self.services.auth,
-            ctx.assigns::<Identity>(),
-            &params,
-            ctx.topic(),
-            ctx.now().unix_ms,
-        )
-        .map_err(JoinDenied::payload)?;
+        let user = authorize_channel_join(&self.services.auth, ctx, &params)?;
         if topic_id(ctx.topic(), PREFIX).is_none() {
             return Err(reason("invalid_topic"));
         }

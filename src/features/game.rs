@@ -386,11 +386,7 @@ impl GameConfig {
                 "game.object_types must be distinct names of 1 to 255 bytes (at most 1024)",
             ),
         ];
-        checks
-            .iter()
-            .filter(|(ok, _)| !ok)
-            .map(|(_, msg)| (*msg).to_string())
-            .collect()
+        crate::ops::checks::failed(&checks)
     }
 }
 
@@ -447,11 +443,7 @@ impl BulkConfig {
                 "bulk.level must be within 1..=19",
             ),
         ];
-        checks
-            .iter()
-            .filter(|(ok, _)| !ok)
-            .map(|(_, msg)| (*msg).to_string())
-            .collect()
+        crate::ops::checks::failed(&checks)
     }
 }
 

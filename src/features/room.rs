@@ -17,7 +17,7 @@
 //! Everything per room that needs one order — presence, `online_count`, message ids and their
 //! broadcast order, the warm history — is kept on the topic's owner shard.
 
-use super::auth::{authorize_join, Identity, JoinDenied, User};
+use super::auth::{authorize_channel_join, User};
 use super::clock::rfc3339_ms;
 use super::{
     field_error, params, reason, status_param, topic_id, touch_session, Services, SessionWrite,
@@ -166,14 +166,7 @@ impl Channel for RoomChannel {
 
     fn join(&mut self, ctx: &mut Ctx<'_>, payload: Payload) -> Result<Payload, Payload> {
         let params = params(&payload)?;
-        let user = authorize_join(
-            &self.services.auth,
-            ctx.assigns::<Identity>(),
-            &params,
-            ctx.topic(),
-            ctx.now().unix_ms,
-        )
-        .map_err(JoinDenied::payload)?;
+        let user = authorize_channel_join(&self.services.auth, ctx, &params)?;
         if topic_id(ctx.topic(), PREFIX).is_none() {
             return Err(reason("invalid_topic"));
         }
@@ -709,11 +702,7 @@ impl RoomsConfig {
                 "rooms.cursor_interval_ms must be <= 10000",
             ),
         ];
-        checks
-            .iter()
-            .filter(|(ok, _)| !ok)
-            .map(|(_, msg)| (*msg).to_string())
-            .collect()
+        crate::ops::checks::failed(&checks)
     }
 }
 

@@ -177,10 +177,6 @@ impl AudioConfig {
                 "audio.max_frame_bytes must be within 1..=1048576",
             ),
         ];
-        checks
-            .iter()
-            .filter(|(ok, _)| !ok)
-            .map(|(_, msg)| (*msg).to_string())
-            .collect()
+        crate::ops::checks::failed(&checks)
     }
 }

@@ -61,8 +61,20 @@ impl ServerConfig {
 
     /// Every invalid value of the runtime's keys, with the reason.
     pub fn problems(&self) -> Vec<String> {
-        let mut all = self.channels.problems();
+        let channels = &self.channels;
         let checks = [
+            (
+                (1..=65_535).contains(&channels.max_topic_bytes),
+                "channels.max_topic_bytes must be within 1..=65535",
+            ),
+            (
+                (1..=65_535).contains(&channels.max_event_bytes),
+                "channels.max_event_bytes must be within 1..=65535",
+            ),
+            (
+                channels.max_joins_per_socket > 0,
+                "channels.max_joins_per_socket must be > 0",
+            ),
             (
                 self.websocket.max_frame_size > 0,
                 "websocket.max_frame_size must be > 0",
@@ -109,13 +121,7 @@ impl ServerConfig {
             ),
             (self.io_memory >= 64 * 1024, "io_memory must be >= 65536"),
         ];
-        all.extend(
-            checks
-                .iter()
-                .filter(|(ok, _)| !ok)
-                .map(|(_, msg)| (*msg).to_string()),
-        );
-        all
+        crate::ops::checks::failed(&checks)
     }
 }
 

@@ -40,7 +40,7 @@ pub async fn run_owner_inbox(shard: Rc<Shard>, inbox: flume::Receiver<OwnerMsg>)
                 deliver(&shard, &msg);
                 forward(&shard, msg, origin).await;
             }
-            OwnerMsg::Run { topic, task } => interpret::run_owner_task(&shard, topic, task).await,
+            OwnerMsg::Run { topic, task } => interpret::run_owner(&shard, topic, task).await,
         }
     }
 }

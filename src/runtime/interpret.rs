@@ -127,7 +127,7 @@ pub async fn apply(
 pub async fn dispatch(shard: &Rc<Shard>, topic: Topic, task: OwnerTask) {
     let owner = shard.owner_of(&topic);
     if owner == shard.id {
-        run_owner_task(shard, topic, task).await;
+        run_owner(shard, topic, task).await;
     } else {
         let _ = shard.mesh.owner[owner]
             .send_async(OwnerMsg::Run { topic, task })
@@ -136,11 +136,7 @@ pub async fn dispatch(shard: &Rc<Shard>, topic: Topic, task: OwnerTask) {
 }
 
 /// Runs `task` here (the caller checked this shard owns `topic`), then carries out its effects.
-pub async fn run_owner_task(shard: &Rc<Shard>, topic: Topic, task: OwnerTask) {
-    run_owner(shard, topic, task).await
-}
-
-async fn run_owner(shard: &Rc<Shard>, topic: Topic, task: impl FnOnce(&mut OwnerCtx<'_>)) {
+pub async fn run_owner(shard: &Rc<Shard>, topic: Topic, task: impl FnOnce(&mut OwnerCtx<'_>)) {
     let mut effects = shard.pooled_effects();
     let ran = {
         let mut states = shard.owner_states.borrow_mut();

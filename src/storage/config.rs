@@ -32,11 +32,7 @@ impl Default for StorageConfig {
 impl StorageConfig {
     /// The database file: `path`, under `data_dir` when relative.
     pub fn database_path(&self, data_dir: &Path) -> PathBuf {
-        if self.path.is_absolute() {
-            self.path.clone()
-        } else {
-            data_dir.join(&self.path)
-        }
+        crate::ops::checks::under_data_dir(data_dir, &self.path)
     }
 
     /// Every invalid value of this section, with the reason (key names as in the file).
@@ -55,11 +51,7 @@ impl StorageConfig {
                 "storage.max_batch must be within 1..=10000",
             ),
         ];
-        checks
-            .iter()
-            .filter(|(ok, _)| !ok)
-            .map(|(_, msg)| (*msg).to_string())
-            .collect()
+        crate::ops::checks::failed(&checks)
     }
 }
 

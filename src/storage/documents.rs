@@ -279,7 +279,7 @@ impl DocumentStoreThread {
         let db = worker::Database {
             name: "documents",
             path: config.path.clone(),
-            sync: worker::Sync::from_config(&config.synchronous),
+            synchronous: config.synchronous,
             migrations: &[SCHEMA_V1],
         };
         let settings = Settings {

@@ -259,7 +259,7 @@ impl StorageThread {
         let db = worker::Database {
             name: "storage",
             path: config.database_path(data_dir),
-            sync: worker::Sync::from_config(&config.synchronous),
+            synchronous: config.synchronous,
             migrations: schema::MIGRATIONS,
         };
         let queue = flume::bounded(config.queue_capacity);

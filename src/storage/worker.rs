@@ -34,25 +34,6 @@ pub trait Job: Send + 'static {
     fn shutdown() -> Self;
 }
 
-/// Durability of a commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sync {
-    /// An acknowledged write survives power loss.
-    Full,
-    /// It survives a process crash.
-    Normal,
-}
-
-impl Sync {
-    /// From the configuration (`synchronous = "full" | "normal"`).
-    pub fn from_config(synchronous: &Synchronous) -> Sync {
-        match synchronous {
-            Synchronous::Full => Sync::Full,
-            Synchronous::Normal => Sync::Normal,
-        }
-    }
-}
-
 /// How a store's database is set up.
 pub struct Database<'a> {
     /// Names the thread and its log lines.
@@ -60,7 +41,7 @@ pub struct Database<'a> {
     /// The SQLite file.
     pub path: PathBuf,
     /// Commit durability.
-    pub sync: Sync,
+    pub synchronous: Synchronous,
     /// Migrations in order: applying `migrations[v]` takes the schema from version `v` to
     /// `v + 1` (kept in `PRAGMA user_version`).
     pub migrations: &'a [&'a str],
@@ -199,9 +180,9 @@ fn prepare(conn: &mut Connection, db: &Database<'_>) -> Result<(), OpenError> {
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(store = db.name, mode, "database is not in WAL mode");
     }
-    let sync = match db.sync {
-        Sync::Full => "FULL",
-        Sync::Normal => "NORMAL",
+    let sync = match db.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
     };
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"

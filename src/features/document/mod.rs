@@ -32,7 +32,7 @@
 
 pub mod owner;
 
-use super::auth::{authorize_join, Authenticator, Identity, JoinDenied, User};
+use super::auth::{authorize_channel_join, Authenticator, Identity, User};
 use super::{params, reason, topic_id};
 use crate::core::{Channel, ChannelCtx, HandleIn, HandleInfo, Payload, TerminateReason};
 use crate::document::DocumentLimits;
@@ -212,14 +212,7 @@ impl Channel for DocumentChannel {
         payload: Payload,
     ) -> Result<Payload, Payload> {
         let params = params(&payload)?;
-        let user = authorize_join(
-            &self.services.auth,
-            ctx.assigns::<Identity>(),
-            &params,
-            ctx.topic(),
-            ctx.now().unix_ms,
-        )
-        .map_err(JoinDenied::payload)?;
+        let user = authorize_channel_join(&self.services.auth, ctx, &params)?;
         let id = topic_id(ctx.topic(), PREFIX).ok_or_else(|| reason("invalid_topic"))?;
         let offsets = match params.get("offsets") {
             None | Some(Value::Null) => Offsets::Chars,
@@ -386,11 +379,7 @@ impl DocumentsConfig {
 
     /// The database file: `path`, under `data_dir` when relative.
     pub fn database_path(&self, data_dir: &Path) -> PathBuf {
-        if self.path.is_absolute() {
-            self.path.clone()
-        } else {
-            data_dir.join(&self.path)
-        }
+        crate::ops::checks::under_data_dir(data_dir, &self.path)
     }
 
     /// `idle_unload_ms` as a duration.
@@ -437,10 +426,6 @@ impl DocumentsConfig {
                 "documents.max_batch must be within 1..=100000",
             ),
         ];
-        checks
-            .iter()
-            .filter(|(ok, _)| !ok)
-            .map(|(_, msg)| (*msg).to_string())
-            .collect()
+        crate::ops::checks::failed(&checks)
     }
 }

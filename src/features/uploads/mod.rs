@@ -32,7 +32,7 @@
 
 mod owner;
 
-use super::auth::{authorize_join, Authenticator, Identity, JoinDenied};
+use super::auth::{authorize_channel_join, Authenticator, Identity};
 use super::fast_path::error_reply;
 use super::{params, reason, topic_id};
 use crate::core::{Channel, ChannelCtx, HandleIn, HandleInfo, Payload, ReplyRef, ReplyStatus};
@@ -288,17 +288,7 @@ impl Channel for UploadChannel {
         let params = params(&payload)?;
         let anonymous = ctx.assigns::<Identity>().is_some_and(|i| i.anonymous);
         let user = match &self.auth {
-            Some(auth) => {
-                authorize_join(
-                    auth,
-                    ctx.assigns::<Identity>(),
-                    &params,
-                    ctx.topic(),
-                    ctx.now().unix_ms,
-                )
-                .map_err(JoinDenied::payload)?
-                .id
-            }
+            Some(auth) => authorize_channel_join(auth, ctx, &params)?.id,
             None => ctx
                 .assigns::<Identity>()
                 .map(|i| i.user.id.clone())
@@ -396,11 +386,7 @@ impl Default for UploadsConfig {
 impl UploadsConfig {
     /// The uploads directory: `dir`, under `data_dir` when relative.
     pub fn path(&self, data_dir: &Path) -> PathBuf {
-        if self.dir.is_absolute() {
-            self.dir.clone()
-        } else {
-            data_dir.join(&self.dir)
-        }
+        crate::ops::checks::under_data_dir(data_dir, &self.dir)
     }
 
     /// `expire_after_ms` as a duration.
@@ -440,10 +426,6 @@ impl UploadsConfig {
                 "uploads.max_pending_chunks must be > 0",
             ),
         ];
-        checks
-            .iter()
-            .filter(|(ok, _)| !ok)
-            .map(|(_, msg)| (*msg).to_string())
-            .collect()
+        crate::ops::checks::failed(&checks)
     }
 }
