@@ -809,17 +809,18 @@ fn upload_checks_limits_and_retries() {
         error_reason(&a.call_json(topic, "upload_start", start(16, 16))),
         "too_many_uploads"
     );
+    // Quota is taken as chunks arrive: a start that sends nothing holds none of it.
     let mut bob = peer(&server, "bob");
     bob.join_ok("uploads:bob");
-    assert_eq!(
-        error_reason(&bob.call_json("uploads:bob", "upload_start", start(1000, 100))),
-        "quota_exceeded",
-        "40 + 160 + 1000 bytes are over the 1100-byte quota"
-    );
-    assert_eq!(
-        bob.call_json("uploads:bob", "upload_start", start(900, 100))["status"],
-        "ok"
-    );
+    let bob_file = content(1000, 7);
+    let bob_start =
+        json!({"filename": "g", "size": 1000, "sha256": sha_hex(&bob_file), "chunk_size": 100});
+    let bob_up = bob.call_json("uploads:bob", "upload_start", bob_start);
+    assert_eq!(bob_up["status"], "ok", "{bob_up}");
+    let bob_id = bob_up["response"]["upload_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // At most 2 chunks may wait for their answer per connection.
     let big_id = ok["response"]["upload_id"].as_str().unwrap().to_string();
@@ -838,44 +839,141 @@ fn upload_checks_limits_and_retries() {
         "{replies:?}"
     );
     assert_eq!(error_reason(&replies[2]), "too_many_pending_chunks");
+
+    // Bob's 1000 bytes land and complete: 1032 of the 1100-byte quota are taken.
+    for i in 0..10u32 {
+        let r = bob.call_bin(
+            "uploads:bob",
+            "upload_chunk",
+            &chunk_msg(&bob_id, i, 10, &bob_file[i as usize * 100..][..100]),
+        );
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    for i in 2..6u32 {
+        let r = a.call_bin(
+            topic,
+            "upload_chunk",
+            &chunk_msg(&big_id, i, 10, &data[i as usize * 16..][..16]),
+        );
+        assert_eq!(r["status"], "ok", "chunk {i}: {r}");
+    }
+    assert_eq!(
+        error_reason(&a.call_bin(
+            topic,
+            "upload_chunk",
+            &chunk_msg(&big_id, 6, 10, &data[96..112])
+        )),
+        "quota_exceeded",
+        "1096 + 16 bytes are over the 1100-byte quota"
+    );
+    assert_eq!(
+        error_reason(&bob.call_json("uploads:bob", "upload_start", start(16, 16))),
+        "quota_exceeded",
+        "a file that cannot fit now is refused at its start"
+    );
 }
 
 #[test]
-fn abandoned_uploads_expire_and_free_their_quota() {
+fn abandoned_uploads_hold_no_quota_and_expire() {
     let dir = TempDir::new("uploads-expiry");
     let server = FeatureServer::start(&dir.0, |c| {
         c.uploads.min_chunk_size = 16;
         c.uploads.quota_bytes = 100;
-        c.uploads.expire_after_ms = 300;
+        c.uploads.max_unfinished_bytes_per_user = 150;
+        c.uploads.unstarted_expire_after_ms = 200;
+        c.uploads.expire_after_ms = 1500;
     });
-    let topic = "uploads:ada";
-    let mut a = peer(&server, "ada");
-    a.join_ok(topic);
-    let start = json!({"filename": "f", "size": 100, "sha256": "00".repeat(32), "chunk_size": 16});
-    let first = a.call_json(topic, "upload_start", start.clone());
-    let id = first["response"]["upload_id"].as_str().unwrap().to_string();
-    let partial = dir
-        .0
-        .join("uploads")
-        .join("partial")
-        .join(format!("{id}.part"));
-    assert!(partial.exists());
+    let partial = |id: &str| {
+        dir.0
+            .join("uploads")
+            .join("partial")
+            .join(format!("{id}.part"))
+    };
+    let start = |size: usize| json!({"filename": "f", "size": size, "sha256": "00".repeat(32), "chunk_size": 16});
+    let upload_id = |reply: &Value| {
+        assert_eq!(reply["status"], "ok", "{reply}");
+        reply["response"]["upload_id"].as_str().unwrap().to_string()
+    };
+    let mut ada = peer(&server, "ada");
+    ada.join_ok("uploads:ada");
+    let ada_id = upload_id(&ada.call_json("uploads:ada", "upload_start", start(100)));
     assert_eq!(
-        error_reason(&a.call_json(topic, "upload_start", start.clone())),
-        "quota_exceeded"
+        error_reason(&ada.call_json("uploads:ada", "upload_start", start(60))),
+        "quota_exceeded",
+        "100 + 60 declared bytes are over ada's 150"
     );
-    // Poll (bounded) until the expiry has run: the partial file goes, the quota comes back.
+    // Ada's declared 100 bytes hold none of the 100-byte quota: others start too.
+    let mut bob = peer(&server, "bob");
+    bob.join_ok("uploads:bob");
+    let bob_id = upload_id(&bob.call_json("uploads:bob", "upload_start", start(100)));
+    let data = content(100, 5);
+    for i in 0..4u32 {
+        let r = ada.call_bin(
+            "uploads:ada",
+            "upload_chunk",
+            &chunk_msg(&ada_id, i, 7, &data[i as usize * 16..][..16]),
+        );
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    for i in 0..2u32 {
+        let r = bob.call_bin(
+            "uploads:bob",
+            "upload_chunk",
+            &chunk_msg(&bob_id, i, 7, &data[i as usize * 16..][..16]),
+        );
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    assert_eq!(
+        error_reason(&bob.call_bin(
+            "uploads:bob",
+            "upload_chunk",
+            &chunk_msg(&bob_id, 2, 7, &data[32..48])
+        )),
+        "quota_exceeded",
+        "64 + 32 + 16 bytes sent are over the quota"
+    );
+
+    // An upload that is sent no chunk goes after unstarted_expire_after_ms; one that was
+    // sent chunks stays until expire_after_ms.
+    let mut carol = peer(&server, "carol");
+    carol.join_ok("uploads:carol");
+    let carol_id = upload_id(&carol.call_json("uploads:carol", "upload_start", start(4)));
+    assert!(partial(&carol_id).exists());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while partial.exists() {
+    while partial(&carol_id).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the unstarted upload never expired"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        partial(&ada_id).exists(),
+        "an upload with chunks lives for expire_after_ms"
+    );
+    // Bob's upload is touched (resumed) now, so it outlives ada's.
+    let bob_resume =
+        json!({"upload_id": bob_id, "filename": "f", "size": 100, "sha256": "00".repeat(32)});
+    let r = bob.call_json("uploads:bob", "upload_start", bob_resume);
+    assert_eq!(r["response"]["missing"], json!([2, 3, 4, 5, 6]), "{r}");
+
+    // Poll (bounded) until ada's upload expired too: its 64 bytes of quota come back.
+    while partial(&ada_id).exists() {
         assert!(Instant::now() < deadline, "the upload never expired");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let resume = json!({"upload_id": id, "filename": "f", "size": 100, "sha256": "00".repeat(32)});
+    let resume =
+        json!({"upload_id": ada_id, "filename": "f", "size": 100, "sha256": "00".repeat(32)});
     assert_eq!(
-        error_reason(&a.call_json(topic, "upload_start", resume)),
+        error_reason(&ada.call_json("uploads:ada", "upload_start", resume)),
         "unknown_upload"
     );
-    assert_eq!(a.call_json(topic, "upload_start", start)["status"], "ok");
+    let r = bob.call_bin(
+        "uploads:bob",
+        "upload_chunk",
+        &chunk_msg(&bob_id, 2, 7, &data[32..48]),
+    );
+    assert_eq!(r["status"], "ok", "the quota came back: {r}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 # and the Autobahn|Testsuite conformance run.
 #
 #   tools/test.sh            everything
-#   SKIP_AUTOBAHN=1 tools/test.sh
+#   SKIP_AUTOBAHN=1 SKIP_FUZZ=1 tools/test.sh    (FUZZ_SECONDS=N: time per fuzz target, 15 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -41,6 +41,26 @@ cargo test --quiet --doc -p shardcast
 
 step "phoenix.js suite (official client, ws transport)"
 (cd tests/js && npm ci --no-audit --no-fund --silent && SHARDCAST_BIN="$target/debug/shardcast" npm test)
+
+if [ "${SKIP_FUZZ:-0}" != 1 ]; then
+  secs="${FUZZ_SECONDS:-15}"
+  step "fuzzing: every target under fuzz/ for ${secs} s (cargo-fuzz, nightly, AddressSanitizer)"
+  rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
+  (
+    cd fuzz
+    log=$(mktemp)
+    for t in $(cargo +nightly fuzz list); do
+      if ! cargo +nightly fuzz run -O "$t" -- -max_total_time="$secs" -rss_limit_mb=2048 \
+        -print_final_stats=1 >"$log" 2>&1; then
+        tail -n 60 "$log"
+        echo "fuzz target $t failed: the input is under fuzz/artifacts/$t; make it a regression test"
+        exit 1
+      fi
+      echo "$t: $(grep -Eo 'stat::number_of_executed_units: [0-9]+' "$log" || grep -E '^Done' "$log")"
+    done
+  )
+fi
 
 py27="${AUTOBAHN_PYTHON:-${PYENV_ROOT:-$HOME/.pyenv}/versions/2.7.18/bin/python2.7}"
 if [ "${SKIP_AUTOBAHN:-0}" != 1 ] && [ ! -x "$py27" ]; then

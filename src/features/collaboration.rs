@@ -6,13 +6,14 @@
 //!   meta gets `cursor` / `selection` (a `presence_diff` leave+join with a new `phx_ref`).
 //!   Updates are forwarded at most every `rooms.cursor_interval_ms` per connection; the latest
 //!   value wins, so a fast mouse does not flood the room.
-//! - `status` `{status}` → the meta's `status`.
+//! - `status` `{status}` → the meta's `status`, paced like the cursor.
 //! - leave or disconnect → the meta leaves.
 
 use super::auth::{authorize_channel_join, User};
 use super::room::{new_meta, push};
 use super::{end_session, SessionWrite};
 use super::{field_error, params, reason, status_param, topic_id, touch_session, Services};
+use crate::core::presence::throttle::{Pace, Throttle};
 use crate::core::presence::tracker::{RefGen, Tracker, STATE_EVENT};
 use crate::core::presence::Meta;
 use crate::core::{
@@ -20,7 +21,6 @@ use crate::core::{
 };
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Topic prefix this channel is routed at.
 pub const PREFIX: &str = "collaboration:";
@@ -57,8 +57,8 @@ struct Joined {
     user: User,
     cursor: Option<Value>,
     selection: Option<Value>,
-    last_flush: Option<Instant>,
-    flush_timer: bool,
+    status: Option<String>,
+    pace: Throttle,
 }
 
 impl CollaborationChannel {
@@ -84,30 +84,30 @@ impl CollaborationChannel {
             "position" => j.cursor = Some(value),
             _ => j.selection = Some(value),
         }
-        if !j.flush_timer {
-            let now = ctx.instant();
-            let since = j
-                .last_flush
-                .map_or(interval, |t| now.saturating_duration_since(t));
-            if since >= interval {
-                self.flush(ctx);
-            } else {
-                j.flush_timer = true;
-                ctx.send_after(interval - since, CollaborationInfo::Flush);
-            }
-        }
+        self.paced(ctx, interval);
         HandleIn::ok(Payload::empty())
+    }
+
+    /// Something changed: forward now, or when the interval ends.
+    fn paced(&mut self, ctx: &mut Ctx<'_>, interval: std::time::Duration) {
+        let Some(j) = self.joined.as_mut() else {
+            return;
+        };
+        match j.pace.offer(ctx.instant(), interval) {
+            Pace::Now => self.flush(ctx),
+            Pace::Later(wait) => ctx.send_after(wait, CollaborationInfo::Flush),
+            Pace::Pending => {}
+        }
     }
 
     fn flush(&mut self, ctx: &mut Ctx<'_>) {
         let Some(j) = self.joined.as_mut() else {
             return;
         };
-        let (cursor, selection) = (j.cursor.take(), j.selection.take());
-        if cursor.is_none() && selection.is_none() {
+        let (cursor, selection, status) = (j.cursor.take(), j.selection.take(), j.status.take());
+        if cursor.is_none() && selection.is_none() && status.is_none() {
             return;
         }
-        j.last_flush = Some(ctx.instant());
         let conn = ctx.conn_id();
         ctx.run_on_owner(move |owner| {
             owner_update(owner, conn, move |m| {
@@ -116,6 +116,9 @@ impl CollaborationChannel {
                 }
                 if let Some(s) = selection {
                     m.extra.insert("selection".into(), s);
+                }
+                if let Some(s) = status {
+                    m.status = s;
                 }
             })
         });
@@ -144,8 +147,8 @@ impl Channel for CollaborationChannel {
             user,
             cursor: None,
             selection: None,
-            last_flush: None,
-            flush_timer: false,
+            status: None,
+            pace: Throttle::default(),
         });
         Ok(response)
     }
@@ -167,8 +170,11 @@ impl Channel for CollaborationChannel {
             },
             "status" => match status_param(&params) {
                 Some(status) => {
-                    let conn = ctx.conn_id();
-                    ctx.run_on_owner(move |owner| owner_update(owner, conn, |m| m.status = status));
+                    let Some(j) = self.joined.as_mut() else {
+                        return HandleIn::error(reason("not_joined"));
+                    };
+                    j.status = Some(status);
+                    self.paced(ctx, self.services.rooms.cursor_interval());
                     HandleIn::ok(Payload::empty())
                 }
                 None => HandleIn::error(field_error("status", "is invalid")),
@@ -181,7 +187,7 @@ impl Channel for CollaborationChannel {
         match msg {
             CollaborationInfo::Flush => {
                 if let Some(j) = self.joined.as_mut() {
-                    j.flush_timer = false;
+                    j.pace.fired(ctx.instant());
                 }
                 self.flush(ctx);
             }

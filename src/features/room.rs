@@ -22,6 +22,7 @@ use super::clock::rfc3339_ms;
 use super::{
     field_error, params, reason, status_param, topic_id, touch_session, Services, SessionWrite,
 };
+use crate::core::presence::throttle::{Pace, Throttle};
 use crate::core::presence::tracker::{RefGen, Tracker, STATE_EVENT};
 use crate::core::presence::Meta;
 use crate::core::{
@@ -65,6 +66,8 @@ pub enum RoomInfo {
     },
     /// Check whether the typing state has expired.
     TypingCheck,
+    /// Time to forward the latest typing state and status (see [`Throttle`]).
+    PresenceFlush,
     /// A session write finished.
     SessionWrite(SessionWrite),
 }
@@ -89,6 +92,11 @@ pub struct RoomChannel {
 struct Joined {
     user: User,
     typing: bool,
+    /// The typing state the owner last heard of.
+    typing_forwarded: bool,
+    /// A status not forwarded yet (the latest wins).
+    status_pending: Option<String>,
+    presence_pace: Throttle,
     typing_deadline: Instant,
     typing_timer: bool,
     /// `new_message`s sent to the owner and not answered yet.
@@ -118,9 +126,36 @@ impl RoomChannel {
         }
         if j.typing != typing {
             j.typing = typing;
-            let conn = ctx.conn_id();
-            ctx.run_on_owner(move |owner| owner_typing(owner, conn, typing));
+            self.presence_changed(ctx);
         }
+    }
+
+    /// The typing state or status changed: forward it now, or at the end of the interval.
+    fn presence_changed(&mut self, ctx: &mut Ctx<'_>) {
+        let interval = self.services.rooms.presence_interval();
+        let Some(j) = self.joined.as_mut() else {
+            return;
+        };
+        match j.presence_pace.offer(ctx.instant(), interval) {
+            Pace::Now => self.forward_presence(ctx),
+            Pace::Later(wait) => ctx.send_after(wait, RoomInfo::PresenceFlush),
+            Pace::Pending => {}
+        }
+    }
+
+    /// Sends the owner what changed since it last heard: one diff however many toggles.
+    fn forward_presence(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(j) = self.joined.as_mut() else {
+            return;
+        };
+        let typing = (j.typing != j.typing_forwarded).then_some(j.typing);
+        let status = j.status_pending.take();
+        if typing.is_none() && status.is_none() {
+            return;
+        }
+        j.typing_forwarded = j.typing;
+        let conn = ctx.conn_id();
+        ctx.run_on_owner(move |owner| owner_presence(owner, conn, typing, status));
     }
 
     fn new_message(&mut self, ctx: &mut Ctx<'_>, params: &Value) -> HandleIn {
@@ -181,6 +216,9 @@ impl Channel for RoomChannel {
         self.joined = Some(Joined {
             user,
             typing: false,
+            typing_forwarded: false,
+            status_pending: None,
+            presence_pace: Throttle::default(),
             typing_deadline: ctx.instant(),
             typing_timer: false,
             pending: 0,
@@ -204,8 +242,10 @@ impl Channel for RoomChannel {
             },
             "status" => match status_param(&params) {
                 Some(status) => {
-                    let conn = ctx.conn_id();
-                    ctx.run_on_owner(move |owner| owner_status(owner, conn, status));
+                    if let Some(j) = self.joined.as_mut() {
+                        j.status_pending = Some(status);
+                        self.presence_changed(ctx);
+                    }
                     HandleIn::ok(Payload::empty())
                 }
                 None => HandleIn::error(field_error("status", "is invalid")),
@@ -245,6 +285,12 @@ impl Channel for RoomChannel {
                     let left = j.typing_deadline.saturating_duration_since(now);
                     ctx.send_after(left.max(Duration::from_millis(1)), RoomInfo::TypingCheck);
                 }
+            }
+            RoomInfo::PresenceFlush => {
+                if let Some(j) = self.joined.as_mut() {
+                    j.presence_pace.fired(ctx.instant());
+                }
+                self.forward_presence(ctx);
             }
             RoomInfo::PresenceState(p) => push(ctx, STATE_EVENT, &p),
             RoomInfo::RoomState(p) => push(ctx, "room_state", &p),
@@ -592,25 +638,31 @@ fn owner_leave(owner: &mut OwnerCtx<'_>, conn: ConnId) {
     }
 }
 
-fn owner_typing(owner: &mut OwnerCtx<'_>, conn: ConnId, typing: bool) {
+/// A connection's typing state and/or status changed: one presence diff, and `user_typing`
+/// when the user's typing state (over all their connections) changed.
+fn owner_presence(
+    owner: &mut OwnerCtx<'_>,
+    conn: ConnId,
+    typing: Option<bool>,
+    status: Option<String>,
+) {
     let room = owner.topic_state::<Room>();
     let refs = owner.state::<RefGen>();
     let mut room = room.borrow_mut();
     let updated = room
         .tracker
-        .update(owner, &mut refs.borrow_mut(), conn, |m| m.typing = typing);
+        .update(owner, &mut refs.borrow_mut(), conn, |m| {
+            if let Some(typing) = typing {
+                m.typing = typing;
+            }
+            if let Some(status) = status {
+                m.status = status;
+            }
+        });
     if let Some((key, now)) = updated.and_then(|u| u.typing_now.map(|t| (u.key, t))) {
         let p = Payload::json(&json!({ "user_id": key, "typing": now }));
         owner.broadcast_from("user_typing", &p, conn);
     }
-}
-
-fn owner_status(owner: &mut OwnerCtx<'_>, conn: ConnId, status: String) {
-    let room = owner.topic_state::<Room>();
-    let refs = owner.state::<RefGen>();
-    room.borrow_mut()
-        .tracker
-        .update(owner, &mut refs.borrow_mut(), conn, |m| m.status = status);
 }
 
 fn owner_query(owner: &mut OwnerCtx<'_>, addr: RoomAddr, to: ReplyRef) {
@@ -652,6 +704,9 @@ pub struct RoomsConfig {
     /// Collaboration channels forward a connection's cursor and selection at most this often
     /// (the latest value wins).
     pub cursor_interval_ms: u64,
+    /// A connection's typing state and status reach the room at most this often (the latest
+    /// value wins), so toggling them in a burst does not fan out every toggle.
+    pub presence_interval_ms: u64,
 }
 
 impl Default for RoomsConfig {
@@ -663,6 +718,7 @@ impl Default for RoomsConfig {
             max_members: 10_000,
             max_pending_messages: 32,
             cursor_interval_ms: 50,
+            presence_interval_ms: 100,
         }
     }
 }
@@ -675,6 +731,10 @@ impl RoomsConfig {
     /// `cursor_interval_ms` as a duration.
     pub fn cursor_interval(&self) -> Duration {
         Duration::from_millis(self.cursor_interval_ms)
+    }
+    /// `presence_interval_ms` as a duration.
+    pub fn presence_interval(&self) -> Duration {
+        Duration::from_millis(self.presence_interval_ms)
     }
 
     /// Every invalid value of this section, with the reason (key names as in the file).
@@ -700,6 +760,10 @@ impl RoomsConfig {
             (
                 self.cursor_interval_ms <= 10_000,
                 "rooms.cursor_interval_ms must be <= 10000",
+            ),
+            (
+                self.presence_interval_ms <= 10_000,
+                "rooms.presence_interval_ms must be <= 10000",
             ),
         ];
         crate::ops::checks::failed(&checks)

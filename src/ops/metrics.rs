@@ -39,7 +39,13 @@ shard_metrics! {
     broadcasts: "counter", "Broadcasts published from this shard.";
     deliveries: "counter", "Broadcast frames queued to subscribers on this shard.";
     frames_dropped_by_policy: "counter", "Queued frames replaced (latest value wins) or dropped (per-sender budget) for subscribers that were behind.";
-    slow_consumer_disconnects: "counter", "Connections closed (1013) because their outbound backlog exceeded the limit.";
+    slow_consumer_disconnects: "counter", "Connections closed (1013) because their outbound backlog stayed behind past the timeout or reached the hard bound.";
+    publisher_waits: "counter", "Times a reader waited for its subscribers to write its earlier broadcasts (publisher credit).";
+    frame_timeouts: "counter", "Connections closed (1008) for a frame or fragmented message not completed within frame_timeout_ms.";
+    partial_budget_closes: "counter", "Connections closed (1013) because the shard's bytes held in unfinished frames reached max_partial_bytes_per_shard.";
+    partial_bytes: "gauge", "Bytes held in unfinished frames and messages by this shard's sockets.";
+    accept_failures: "counter", "Failed accept calls (descriptor limit reached, among others).";
+    connections_shed: "counter", "Connections accepted on the reserve descriptor and closed at once (HTTP 503) while at the descriptor limit.";
     protocol_errors: "counter", "Connections closed for a WebSocket or Phoenix protocol violation.";
     idle_timeouts: "counter", "Connections closed for silence past the idle timeout.";
     mesh_messages_in: "counter", "Messages received from other shards.";

@@ -99,6 +99,16 @@ impl WsDecoder {
         }
     }
 
+    /// Bytes of a fragmented message held while its remaining fragments are awaited.
+    pub fn buffered(&self) -> usize {
+        self.fragments.as_ref().map_or(0, |f| f.data.len())
+    }
+
+    /// Whether a fragmented message has begun and not yet ended.
+    pub fn in_message(&self) -> bool {
+        self.fragments.is_some()
+    }
+
     /// Decodes the next event from `buf`, consuming the bytes it used. `Ok(None)` means more bytes
     /// are needed. Payloads of unfragmented messages are slices of `buf`'s allocation (no copy).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<WsEvent>, WsViolation> {

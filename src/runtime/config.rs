@@ -112,6 +112,26 @@ impl ServerConfig {
                 "outbound.max_queued_bytes must be > 0",
             ),
             (
+                self.outbound.behind_timeout_ms > 0,
+                "outbound.behind_timeout_ms must be > 0",
+            ),
+            (
+                self.outbound.hard_limit_factor >= 1,
+                "outbound.hard_limit_factor must be >= 1",
+            ),
+            (
+                self.outbound.publisher_credit_bytes > 0,
+                "outbound.publisher_credit_bytes must be > 0",
+            ),
+            (
+                self.websocket.frame_timeout_ms > 0,
+                "websocket.frame_timeout_ms must be > 0",
+            ),
+            (
+                self.websocket.max_partial_bytes_per_shard > 0,
+                "websocket.max_partial_bytes_per_shard must be > 0",
+            ),
+            (
                 (1..=1024).contains(&self.outbound.write_batch_frames),
                 "outbound.write_batch_frames must be within 1..=1024",
             ),
@@ -135,6 +155,11 @@ pub struct WebSocketConfig {
     pub max_message_size: usize,
     /// Time a client has to complete the HTTP upgrade after its TCP connect.
     pub handshake_timeout_ms: u64,
+    /// Once a frame (or a fragmented message) has begun, the rest must arrive within this.
+    pub frame_timeout_ms: u64,
+    /// Bytes all of a shard's sockets may hold in frames not yet complete; a read past it closes
+    /// that socket with 1013.
+    pub max_partial_bytes_per_shard: usize,
     /// A connection that sends nothing (not even a heartbeat) for this long is closed.
     /// Phoenix uses 60 s; its clients heartbeat every 30 s.
     pub idle_timeout_ms: u64,
@@ -152,6 +177,8 @@ impl Default for WebSocketConfig {
             max_frame_size: 1 << 20,
             max_message_size: 1 << 20,
             handshake_timeout_ms: 10_000,
+            frame_timeout_ms: 10_000,
+            max_partial_bytes_per_shard: 128 << 20,
             idle_timeout_ms: 60_000,
             close_timeout_ms: 5_000,
             write_timeout_ms: 30_000,
@@ -164,6 +191,10 @@ impl WebSocketConfig {
     /// `handshake_timeout_ms` as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// `frame_timeout_ms` as a duration.
+    pub fn frame_timeout(&self) -> Duration {
+        Duration::from_millis(self.frame_timeout_ms)
     }
     /// `idle_timeout_ms` as a duration.
     pub fn idle_timeout(&self) -> Duration {
@@ -183,10 +214,20 @@ impl WebSocketConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboundConfig {
-    /// Frames a connection may have queued before it counts as a slow consumer.
+    /// Frames queued past which a connection is behind.
     pub max_queued_frames: usize,
-    /// Bytes a connection may have queued before it counts as a slow consumer.
+    /// Bytes queued past which a connection is behind.
     pub max_queued_bytes: usize,
+    /// A connection that stays behind this long is closed as a slow consumer (1013).
+    pub behind_timeout_ms: u64,
+    /// Reaching this multiple of the two bounds above closes at once (the memory cap).
+    pub hard_limit_factor: usize,
+    /// Bytes of one reader's broadcasts that local subscribers may have queued and not written
+    /// before the server takes that reader's next message (backpressure on publishers).
+    pub publisher_credit_bytes: usize,
+    /// Longest a publisher waits for that credit (a subscriber that stopped reading must not
+    /// stall a room).
+    pub publisher_patience_ms: u64,
     /// Frames gathered into one vectored write.
     pub write_batch_frames: usize,
 }
@@ -196,8 +237,23 @@ impl Default for OutboundConfig {
         OutboundConfig {
             max_queued_frames: 4096,
             max_queued_bytes: 4 << 20,
+            behind_timeout_ms: 5_000,
+            hard_limit_factor: 4,
+            publisher_credit_bytes: 1 << 20,
+            publisher_patience_ms: 100,
             write_batch_frames: 64,
         }
+    }
+}
+
+impl OutboundConfig {
+    /// `behind_timeout_ms` as a duration.
+    pub fn behind_timeout(&self) -> Duration {
+        Duration::from_millis(self.behind_timeout_ms)
+    }
+    /// `publisher_patience_ms` as a duration.
+    pub fn publisher_patience(&self) -> Duration {
+        Duration::from_millis(self.publisher_patience_ms)
     }
 }
 

@@ -3,6 +3,7 @@
 //! messages to the socket state machine and carries out the effects it returns; a writer task
 //! drains the outbound queue.
 
+use super::credit::Credit;
 use super::interpret::{self, ConnOrigin};
 use super::mailbox::{ConnShared, Mail};
 use super::shard::Shard;
@@ -179,7 +180,16 @@ enum Wake {
     Mail,
     OutboundFailed,
     Shutdown,
+    /// The connection's earlier broadcasts have been written: take more.
+    Credit,
+    /// Waited `publisher_patience_ms` for that: take one more turn anyway.
+    Patience,
+    /// An unfinished frame's deadline passed.
+    FrameTimeout,
 }
+
+/// Messages one connection may have handled before the others (and the writers) get a turn.
+const MESSAGES_PER_TURN: usize = 64;
 
 async fn run_session(
     shard: Rc<Shard>,
@@ -192,6 +202,8 @@ async fn run_session(
     let outbound = Rc::new(Outbound::new(Limits {
         max_frames: config.outbound.max_queued_frames,
         max_bytes: config.outbound.max_queued_bytes,
+        behind_timeout: config.outbound.behind_timeout(),
+        hard_factor: config.outbound.hard_limit_factor,
         batch_frames: config.outbound.write_batch_frames,
     }));
     let shared = Rc::new(ConnShared::new(outbound.clone()));
@@ -206,6 +218,7 @@ async fn run_session(
     };
     stream.set_read_timeout(config.websocket.idle_timeout());
 
+    let credit = Credit::new(config.outbound.publisher_credit_bytes);
     let mut conn = Conn {
         shard: shard.clone(),
         conn_id,
@@ -230,14 +243,23 @@ async fn run_session(
         },
         effects: Vec::new(),
         close_sent: false,
+        credit: credit.clone(),
     };
     let mut decoder = WsDecoder::new(DecoderLimits {
         max_frame_size: config.websocket.max_frame_size,
         max_message_size: config.websocket.max_message_size,
     });
+    let mut partial = PartialBytes::new(&shard);
+    let mut frame_deadline: Option<glommio::timer::Timer> = None;
+    let mut patience: Option<glommio::timer::Timer> = None;
+    // Patience ran out: one turn takes input whatever the credit says.
+    let mut forced = false;
 
     'session: loop {
-        loop {
+        // Take what the buffer holds: a bounded number of messages per turn, and only while this
+        // connection's earlier broadcasts are being written (its credit), or patience ran out.
+        let mut taken = 0;
+        while credit.has_room() || forced {
             match decoder.decode(&mut buf) {
                 Ok(Some(event)) => {
                     if !conn.on_event(event).await {
@@ -246,6 +268,13 @@ async fn run_session(
                     // What the callback sent itself (`send_self`, owner answers that are
                     // already here) is handled before the client's next message.
                     conn.handle_mail().await;
+                    taken += 1;
+                    if taken == MESSAGES_PER_TURN {
+                        // Let the writers and the other connections run before more of this
+                        // connection's input.
+                        glommio::executor().yield_now().await;
+                        break;
+                    }
                 }
                 Ok(None) => break,
                 Err(violation) => {
@@ -256,17 +285,71 @@ async fn run_session(
                 }
             }
         }
+        forced = false;
+        if credit.has_room() {
+            patience = None;
+        }
         glommio::yield_if_needed().await;
         if buf.is_empty() && buf.capacity() > 0 {
             // Idle connections hold no receive memory: reads land in the shard's scratch buffer.
             buf = BytesMut::new();
         }
-        match next_wake(&shard, &stream, &shared, &mut buf).await {
-            Wake::Data => {}
+        // An unfinished frame (or fragmented message) must be completed within its deadline,
+        // however slowly its bytes trickle in.
+        // Its clock starts again with every message completed (a busy client's reads rarely end
+        // on a frame boundary).
+        let unfinished = !buf.is_empty() || decoder.in_message();
+        if taken > 0 {
+            frame_deadline = None;
+        }
+        match (unfinished, frame_deadline.is_some()) {
+            (false, _) => frame_deadline = None,
+            (true, false) => {
+                frame_deadline = Some(glommio::timer::Timer::new(config.websocket.frame_timeout()))
+            }
+            (true, true) => {}
+        }
+        if !partial.set(buf.len() + decoder.buffered()) {
+            ShardMetrics::inc(&metrics.partial_budget_closes);
+            conn.close(
+                close_code::TRY_AGAIN_LATER,
+                "server busy: too much unfinished input",
+            );
+            break;
+        }
+        let more_input_wanted = taken < MESSAGES_PER_TURN;
+        let read = credit.has_room() && more_input_wanted;
+        if !credit.has_room() && patience.is_none() {
+            ShardMetrics::inc(&metrics.publisher_waits);
+            patience = Some(glommio::timer::Timer::new(
+                config.outbound.publisher_patience(),
+            ));
+        }
+        if !more_input_wanted && credit.has_room() {
+            // The turn ended on the message bound: go on with the buffer first.
+            continue;
+        }
+        let wait = Waits {
+            read,
+            credit: &credit,
+            patience: &mut patience,
+            frame_deadline: &mut frame_deadline,
+        };
+        match next_wake(&shard, &stream, &shared, &mut buf, wait).await {
+            Wake::Data | Wake::Credit => {}
+            Wake::Patience => {
+                patience = None;
+                forced = true;
+            }
             Wake::Mail => conn.handle_mail().await,
             Wake::IdleTimeout => {
                 ShardMetrics::inc(&metrics.idle_timeouts);
                 conn.close(close_code::GOING_AWAY, "idle timeout");
+                break;
+            }
+            Wake::FrameTimeout => {
+                ShardMetrics::inc(&metrics.frame_timeouts);
+                conn.close(close_code::POLICY_VIOLATION, "frame not completed in time");
                 break;
             }
             Wake::Shutdown => {
@@ -286,6 +369,7 @@ async fn run_session(
             break;
         }
     }
+    drop(partial);
 
     // Channels terminate (their broadcasts, e.g. "user left", still go out) and unsubscribe.
     conn.lend_effects();
@@ -307,6 +391,7 @@ async fn run_session(
         // Closing handshake: the writer sends our close frame and then FIN; wait for the
         // client's side to close (or the close timeout), discarding what it still sends.
         stream.set_read_timeout(config.websocket.close_timeout());
+        buf = BytesMut::new();
         while let Ok(n) = read_some(&shard, &stream, &mut buf).await {
             buf.clear();
             if n == 0 {
@@ -316,6 +401,34 @@ async fn run_session(
     }
     outbound.abandon();
     writer.await;
+}
+
+/// This connection's share of the shard's bytes held in unfinished frames.
+struct PartialBytes<'a> {
+    shard: &'a Shard,
+    held: usize,
+}
+
+impl<'a> PartialBytes<'a> {
+    fn new(shard: &'a Shard) -> Self {
+        PartialBytes { shard, held: 0 }
+    }
+
+    /// Records that the connection now holds `held` bytes; false if that takes the shard past
+    /// its budget (the connection must close).
+    fn set(&mut self, held: usize) -> bool {
+        let grew = held > self.held;
+        self.shard.adjust_partial_bytes(self.held, held);
+        self.held = held;
+        !grew
+            || self.shard.partial_bytes() <= self.shard.config.websocket.max_partial_bytes_per_shard
+    }
+}
+
+impl Drop for PartialBytes<'_> {
+    fn drop(&mut self) {
+        self.shard.adjust_partial_bytes(self.held, 0);
+    }
 }
 
 /// Reads once into `buf` through the shard's scratch buffer.
@@ -338,12 +451,24 @@ fn poll_read_into(
     })
 }
 
+/// What the reader waits on besides mail and failures.
+struct Waits<'a> {
+    /// Read the socket (false while the connection's credit is spent).
+    read: bool,
+    credit: &'a Credit,
+    patience: &'a mut Option<glommio::timer::Timer>,
+    frame_deadline: &'a mut Option<glommio::timer::Timer>,
+}
+
 async fn next_wake(
     shard: &Shard,
     stream: &SharedStream,
     shared: &ConnShared,
     buf: &mut BytesMut,
+    wait: Waits<'_>,
 ) -> Wake {
+    use std::future::Future;
+    use std::pin::Pin;
     std::future::poll_fn(|cx| {
         if shared.outbound.failed() {
             return Poll::Ready(Wake::OutboundFailed);
@@ -354,7 +479,23 @@ async fn next_wake(
         if shared.has_mail() {
             return Poll::Ready(Wake::Mail);
         }
+        if let Some(timer) = wait.frame_deadline.as_mut() {
+            if Pin::new(timer).poll(cx).is_ready() {
+                return Poll::Ready(Wake::FrameTimeout);
+            }
+        }
         shared.outbound.register_reader(cx.waker());
+        if !wait.read {
+            if wait.credit.poll_room(cx).is_ready() {
+                return Poll::Ready(Wake::Credit);
+            }
+            if let Some(timer) = wait.patience.as_mut() {
+                if Pin::new(timer).poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Patience);
+                }
+            }
+            return Poll::Pending;
+        }
         match poll_read_into(shard, stream, cx, buf) {
             Poll::Ready(Ok(0)) => Poll::Ready(Wake::Eof),
             Poll::Ready(Ok(_)) => Poll::Ready(Wake::Data),
@@ -377,6 +518,8 @@ struct Conn {
     socket: Option<PhoenixSocket>,
     effects: Vec<Effect>,
     close_sent: bool,
+    /// Backpressure from the subscribers of this connection's broadcasts.
+    credit: Rc<Credit>,
 }
 
 impl Conn {
@@ -442,8 +585,13 @@ impl Conn {
     async fn handle_mail(&mut self) {
         while let Some(mail) = self.shared.next_mail() {
             match mail {
-                Mail::Frame(frame, delivery) => {
-                    self.shared.outbound.push_with(frame, delivery);
+                Mail::Frame(frame, delivery, hold) => {
+                    self.shared.outbound.push_with(
+                        frame,
+                        delivery,
+                        hold,
+                        std::time::Instant::now(),
+                    );
                 }
                 Mail::Info(info) => {
                     if self.socket.is_none() {
@@ -494,7 +642,7 @@ impl Conn {
             shared: &self.shared,
             close_sent: &mut self.close_sent,
         };
-        interpret::apply(&self.shard, Some(origin), &mut effects).await;
+        interpret::apply(&self.shard, Some(origin), Some(&self.credit), &mut effects).await;
         // Back to the shard's pool: an idle connection holds no effect buffer.
         self.shard.recycle_effects(effects);
     }

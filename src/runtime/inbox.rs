@@ -1,5 +1,6 @@
 //! What serves a shard's two mesh inboxes (see [`super::mesh`]).
 
+use super::credit::Credit;
 use super::interpret;
 use super::mesh::{OwnerMsg, ShardMsg};
 use super::pubsub::{deliver, forward};
@@ -7,21 +8,39 @@ use super::shard::Shard;
 use crate::ops::metrics::ShardMetrics;
 use std::rc::Rc;
 
-/// Serves this shard's delivery inbox until every sender is gone. Never waits on another shard.
+/// Serves this shard's delivery inbox until every sender is gone. Never waits on another shard;
+/// waits for local subscribers to write what it handed them (its [`Credit`]) before taking more,
+/// so a burst from another shard fills the mesh queue (slowing the publisher) instead of every
+/// subscriber's queue at once.
 pub async fn run_delivery_inbox(shard: Rc<Shard>, inbox: flume::Receiver<ShardMsg>) {
-    while let Ok(msg) = inbox.recv_async().await {
+    let credit = Credit::new(shard.config.outbound.publisher_credit_bytes);
+    loop {
+        credit
+            .room(shard.config.outbound.publisher_patience())
+            .await;
+        let Ok(msg) = inbox.recv_async().await else {
+            break;
+        };
         ShardMetrics::inc(&shard.metrics().mesh_messages_in);
         match msg {
-            ShardMsg::Broadcast(msg) => deliver(&shard, &msg),
+            ShardMsg::Broadcast(msg) => deliver(&shard, &msg, Some(&credit)),
             ShardMsg::ToConn(m) => shard.post_to_conn(m),
             ShardMsg::Open(addr) => shard.topics.borrow().open_gate(&addr.topic, addr.conn_id),
         }
     }
 }
 
-/// Serves this shard's owner inbox until every sender is gone.
+/// Serves this shard's owner inbox until every sender is gone, under its own [`Credit`] (as the
+/// delivery inbox).
 pub async fn run_owner_inbox(shard: Rc<Shard>, inbox: flume::Receiver<OwnerMsg>) {
-    while let Ok(msg) = inbox.recv_async().await {
+    let credit = Credit::new(shard.config.outbound.publisher_credit_bytes);
+    loop {
+        credit
+            .room(shard.config.outbound.publisher_patience())
+            .await;
+        let Ok(msg) = inbox.recv_async().await else {
+            break;
+        };
         ShardMetrics::inc(&shard.metrics().mesh_messages_in);
         match msg {
             OwnerMsg::Subscribe {
@@ -37,10 +56,12 @@ pub async fn run_owner_inbox(shard: Rc<Shard>, inbox: flume::Receiver<OwnerMsg>)
                 shard.release_topic_if_idle(&topic);
             }
             OwnerMsg::Publish { msg, origin } => {
-                deliver(&shard, &msg);
+                deliver(&shard, &msg, Some(&credit));
                 forward(&shard, msg, origin).await;
             }
-            OwnerMsg::Run { topic, task } => interpret::run_owner(&shard, topic, task).await,
+            OwnerMsg::Run { topic, task } => {
+                interpret::run_owner(&shard, topic, Some(&credit), task).await
+            }
         }
     }
 }

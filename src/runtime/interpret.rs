@@ -3,6 +3,7 @@
 //! "here or through the mesh" is decided in one place each: [`send_to_channel`] for messages to a
 //! channel, [`dispatch`] for owner tasks, [`open_gate`] for gated subscriptions.
 
+use super::credit::Credit;
 use super::mailbox::ConnShared;
 use super::mesh::{ConnMessage, OwnerMsg, ShardMsg};
 use super::pubsub;
@@ -28,10 +29,13 @@ pub struct ConnOrigin<'a> {
     pub close_sent: &'a mut bool,
 }
 
-/// Carries out `effects` in order, leaving the vector empty (for reuse).
+/// Carries out `effects` in order, leaving the vector empty (for reuse). Broadcasts, including
+/// those of owner tasks run here and now, hold `credit` (the reader's that produced them) until
+/// local subscribers have written them.
 pub async fn apply(
     shard: &Rc<Shard>,
     mut origin: Option<ConnOrigin<'_>>,
+    credit: Option<&Rc<Credit>>,
     effects: &mut Vec<Effect>,
 ) {
     for effect in effects.drain(..) {
@@ -42,7 +46,7 @@ pub async fn apply(
                 }
                 None => tracing::error!("Effect::Send outside a connection dropped"),
             },
-            Effect::Broadcast(msg) => pubsub::publish(shard, msg).await,
+            Effect::Broadcast(msg) => pubsub::publish(shard, msg, credit).await,
             Effect::Subscribe { topic, gated } => match &origin {
                 Some(conn) => {
                     let sub = Subscriber {
@@ -93,7 +97,7 @@ pub async fn apply(
                 topic,
                 delay: None,
                 task,
-            } => Box::pin(dispatch(shard, topic, task)).await,
+            } => Box::pin(dispatch(shard, topic, task, credit)).await,
             Effect::RunOnOwner {
                 topic,
                 delay: Some(delay),
@@ -102,7 +106,7 @@ pub async fn apply(
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
                     glommio::timer::sleep(delay).await;
-                    dispatch(&shard, topic, task).await;
+                    dispatch(&shard, topic, task, None).await;
                 })
                 .detach();
             }
@@ -113,7 +117,7 @@ pub async fn apply(
                     match then {
                         Then::Deliver(to) => shard.post_local(to, out),
                         Then::Owner { topic, task } => {
-                            run_owner(&shard, topic, move |ctx| task(ctx, out)).await
+                            run_owner(&shard, topic, None, move |ctx| task(ctx, out)).await
                         }
                     }
                 })
@@ -123,11 +127,16 @@ pub async fn apply(
     }
 }
 
-/// Sends `task` to the owner of `topic` (or runs it here if this shard owns it).
-pub async fn dispatch(shard: &Rc<Shard>, topic: Topic, task: OwnerTask) {
+/// Sends `task` to the owner of `topic` (or runs it here, under `credit`, if this shard owns it).
+pub async fn dispatch(
+    shard: &Rc<Shard>,
+    topic: Topic,
+    task: OwnerTask,
+    credit: Option<&Rc<Credit>>,
+) {
     let owner = shard.owner_of(&topic);
     if owner == shard.id {
-        run_owner(shard, topic, task).await;
+        run_owner(shard, topic, credit, task).await;
     } else {
         let _ = shard.mesh.owner[owner]
             .send_async(OwnerMsg::Run { topic, task })
@@ -136,7 +145,12 @@ pub async fn dispatch(shard: &Rc<Shard>, topic: Topic, task: OwnerTask) {
 }
 
 /// Runs `task` here (the caller checked this shard owns `topic`), then carries out its effects.
-pub async fn run_owner(shard: &Rc<Shard>, topic: Topic, task: impl FnOnce(&mut OwnerCtx<'_>)) {
+pub async fn run_owner(
+    shard: &Rc<Shard>,
+    topic: Topic,
+    credit: Option<&Rc<Credit>>,
+    task: impl FnOnce(&mut OwnerCtx<'_>),
+) {
     let mut effects = shard.pooled_effects();
     let ran = {
         let mut states = shard.owner_states.borrow_mut();
@@ -153,7 +167,7 @@ pub async fn run_owner(shard: &Rc<Shard>, topic: Topic, task: impl FnOnce(&mut O
         })
     };
     if ran {
-        Box::pin(apply(shard, None, &mut effects)).await;
+        Box::pin(apply(shard, None, credit, &mut effects)).await;
     } else {
         tracing::error!(topic = %topic, "owner task panicked");
         shard.owner_states.borrow_mut().discard(&mut effects);

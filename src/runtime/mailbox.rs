@@ -1,12 +1,14 @@
 //! A connection's shard-facing half: its outbound queue and its mailbox, which is what topic
 //! tables and other tasks on the shard hold (through `Rc`) to reach it.
 
+use super::credit::Hold;
 use super::topics::Sink;
 use super::transport::outbound::{Delivery, Outbound, Pushed};
 use crate::core::socket::Info;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::Instant;
 
 /// State shared by a connection's reader, writer, timers and its shard.
 pub struct ConnShared {
@@ -22,7 +24,7 @@ pub(crate) enum Mail {
     Info(Info),
     /// A broadcast frame that arrived while mail was pending: it must not overtake that mail
     /// (an owner's answer to this connection, then its broadcasts, arrive in the owner's order).
-    Frame(bytes::Bytes, Delivery),
+    Frame(bytes::Bytes, Delivery, Option<Rc<Hold>>),
 }
 
 impl ConnShared {
@@ -53,16 +55,22 @@ impl ConnShared {
     }
 
     /// Queues a broadcast frame to this connection, behind any mail not yet handled.
-    pub fn deliver_frame(&self, frame: bytes::Bytes, delivery: Delivery) -> Pushed {
+    pub fn deliver_frame(
+        &self,
+        frame: bytes::Bytes,
+        delivery: Delivery,
+        hold: Option<Rc<Hold>>,
+        now: Instant,
+    ) -> Pushed {
         let mut mailbox = self.mailbox.borrow_mut();
         if mailbox.is_empty() {
             drop(mailbox);
-            return self.outbound.push_with(frame, delivery);
+            return self.outbound.push_with(frame, delivery, hold, now);
         }
         if self.outbound.is_closing() {
             return Pushed::Refused;
         }
-        mailbox.push_back(Mail::Frame(frame, delivery));
+        mailbox.push_back(Mail::Frame(frame, delivery, hold));
         Pushed::Queued
     }
 
@@ -77,8 +85,14 @@ impl ConnShared {
 }
 
 impl Sink for Rc<ConnShared> {
-    fn deliver(&self, frame: bytes::Bytes, delivery: Delivery) -> (bool, bool) {
-        let pushed = self.deliver_frame(frame, delivery);
+    fn deliver(
+        &self,
+        frame: bytes::Bytes,
+        delivery: Delivery,
+        hold: Option<&Rc<Hold>>,
+        now: Instant,
+    ) -> (bool, bool) {
+        let pushed = self.deliver_frame(frame, delivery, hold.cloned(), now);
         (pushed.accepted(), pushed.dropped_one())
     }
 }

@@ -9,11 +9,13 @@
 //! - [`topics`], [`pubsub`]: subscriptions and broadcast, local and across shards.
 //! - [`mesh`], [`inbox`]: the bounded queues between shards and what serves them.
 //! - [`mailbox`]: a connection's shard-facing half (its mailbox and outbound queue).
+//! - [`credit`]: backpressure from subscribers' queues to the reader that published.
 //! - [`transport`]: socket I/O.
 //! - [`config`]: what the runtime is configured with ([`config::ServerConfig`]).
 
 pub mod config;
 pub(crate) mod connection;
+pub(crate) mod credit;
 pub(crate) mod inbox;
 pub(crate) mod interpret;
 pub(crate) mod mailbox;

@@ -6,6 +6,7 @@
 //! to every other interested shard; each shard hands it to its local subscribers. The frame is
 //! encoded once (per protocol version) into `Bytes` shared by every subscriber on every shard.
 
+use super::credit::Credit;
 use super::mailbox::ConnShared;
 use super::mesh::{OwnerMsg, ShardMsg};
 use super::shard::Shard;
@@ -55,10 +56,11 @@ pub async fn unsubscribe(shard: &Shard, topic: Topic, conn_id: ConnId) {
     }
 }
 
-/// Publishes from this shard: local subscribers first, then every other interested shard.
-pub async fn publish(shard: &Shard, msg: Arc<Broadcast>) {
+/// Publishes from this shard: local subscribers first (holding `credit` until they have written
+/// it), then every other interested shard.
+pub async fn publish(shard: &Shard, msg: Arc<Broadcast>, credit: Option<&Rc<Credit>>) {
     ShardMetrics::inc(&shard.metrics().broadcasts);
-    deliver(shard, &msg);
+    deliver(shard, &msg, credit);
     let owner = shard.owner_of(&msg.topic);
     if owner == shard.id {
         forward(shard, msg, shard.id).await;
@@ -72,9 +74,9 @@ pub async fn publish(shard: &Shard, msg: Arc<Broadcast>) {
     }
 }
 
-/// Hands `msg` to this shard's local subscribers.
-pub(crate) fn deliver(shard: &Shard, msg: &Broadcast) {
-    let (delivered, dropped) = shard.topics.borrow().deliver_local(msg);
+/// Hands `msg` to this shard's local subscribers, who hold `credit` until they have written it.
+pub(crate) fn deliver(shard: &Shard, msg: &Broadcast, credit: Option<&Rc<Credit>>) {
+    let (delivered, dropped) = shard.topics.borrow().deliver_local(msg, credit);
     ShardMetrics::add(&shard.metrics().deliveries, delivered);
     ShardMetrics::add(&shard.metrics().frames_dropped_by_policy, dropped);
 }

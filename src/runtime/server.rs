@@ -103,7 +103,7 @@ impl Server {
                     let _ = ready.send(Ok(()));
                     drop(ready);
                     let serving = shard.clone();
-                    accept_loop(id, listener, stop_rx, move |stream| {
+                    accept_loop(id, listener, stop_rx, shard.metrics(), move |stream| {
                         glommio::spawn_local(connection::serve(serving.clone(), stream)).detach();
                     })
                     .await;

@@ -42,6 +42,8 @@ pub struct Shard {
     connections: RefCell<HashMap<ConnId, Weak<ConnShared>>>,
     next_conn: Cell<u64>,
     draining: Cell<bool>,
+    /// Bytes this shard's sockets hold in frames not yet complete.
+    partial_bytes: Cell<usize>,
     /// Effect buffers lent to connections while they run a callback.
     effects_pool: RefCell<Vec<Vec<Effect>>>,
     drained_waker: RefCell<Option<std::task::Waker>>,
@@ -71,6 +73,7 @@ impl Shard {
             connections: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
             draining: Cell::new(false),
+            partial_bytes: Cell::new(0),
             effects_pool: RefCell::new(Vec::new()),
             drained_waker: RefCell::new(None),
         }
@@ -105,6 +108,20 @@ impl Shard {
             arena.reserve(ARENA_CHUNK);
         }
         f(&mut arena)
+    }
+
+    /// One connection's bytes in unfinished frames went from `before` to `after`.
+    pub fn adjust_partial_bytes(&self, before: usize, after: usize) {
+        let total = self.partial_bytes.get() - before + after;
+        self.partial_bytes.set(total);
+        self.metrics()
+            .partial_bytes
+            .store(total as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes this shard's sockets hold in unfinished frames.
+    pub fn partial_bytes(&self) -> usize {
+        self.partial_bytes.get()
     }
 
     pub fn with_scratch<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {

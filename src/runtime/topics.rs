@@ -2,16 +2,26 @@
 //! shards that have subscribers. Subscribers are opaque handles (anything that takes a frame),
 //! so the table knows nothing about sockets.
 
+use super::credit::{Credit, Hold};
 use crate::core::{Broadcast, ConnId, Delivery, Topic};
 use crate::protocol::phoenix::Serializer;
 use bytes::Bytes;
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
 
 /// What a subscriber handle does with a frame.
 pub trait Sink {
-    /// Queues `frame`; returns (whether it was taken, whether an older frame gave way).
-    fn deliver(&self, frame: Bytes, delivery: Delivery) -> (bool, bool);
+    /// Queues `frame` at `now`, keeping the publisher's `hold` until it is written; returns
+    /// (whether it was taken, whether an older frame gave way).
+    fn deliver(
+        &self,
+        frame: Bytes,
+        delivery: Delivery,
+        hold: Option<&Rc<Hold>>,
+        now: Instant,
+    ) -> (bool, bool);
 }
 
 /// A connection subscribed to a topic on this shard.
@@ -82,19 +92,24 @@ impl<H: Sink> Topics<H> {
         }
     }
 
-    /// Queues `msg` to every local subscriber; returns how many took it and how many older
+    /// Queues `msg` to every local subscriber, each keeping a hold on `credit` (the
+    /// publisher's) until it has written the frame; returns how many took it and how many older
     /// frames gave way under the message's delivery policy.
-    pub fn deliver_local(&self, msg: &Broadcast) -> (u64, u64) {
+    pub fn deliver_local(&self, msg: &Broadcast, credit: Option<&Rc<Credit>>) -> (u64, u64) {
         let Some(entry) = self.local.get(&msg.topic) else {
             return (0, 0);
         };
+        let now = Instant::now();
+        let hold = credit.and_then(|c| msg.frame_for(Serializer::V2).map(|f| c.hold(f.len())));
         let (mut delivered, mut dropped) = (0, 0);
         for sub in &entry.subscribers {
             if Some(sub.conn_id) == msg.exclude || sub.gated.get() {
                 continue;
             }
             if let Some(frame) = msg.frame_for(sub.serializer) {
-                let (taken, gave_way) = sub.handle.deliver(frame.clone(), msg.delivery);
+                let (taken, gave_way) =
+                    sub.handle
+                        .deliver(frame.clone(), msg.delivery, hold.as_ref(), now);
                 delivered += u64::from(taken);
                 dropped += u64::from(gave_way);
             }

@@ -11,6 +11,7 @@
 //! `{"joins": {...state-shaped...}, "leaves": {...}}`. A meta update is a leave of the old meta
 //! and a join of the new one (with a new `phx_ref`) in one diff, as Phoenix sends it.
 
+pub mod throttle;
 pub mod tracker;
 
 use serde::{Deserialize, Serialize};

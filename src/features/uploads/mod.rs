@@ -69,7 +69,7 @@ pub struct UploadServices {
     max_chunk_size: u32,
     partial_dir: PathBuf,
     files_dir: PathBuf,
-    /// Bytes of completed files plus the full size of unfinished uploads.
+    /// Bytes of completed files plus the chunks unfinished uploads have been sent.
     used: AtomicU64,
 }
 
@@ -136,7 +136,7 @@ impl UploadServices {
         }))
     }
 
-    /// Bytes on disk (completed files) plus reserved for unfinished uploads.
+    /// Bytes on disk (completed files) plus the chunks unfinished uploads have been sent.
     pub fn used_bytes(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }
@@ -144,6 +144,13 @@ impl UploadServices {
     /// Where completed files are.
     pub fn files_dir(&self) -> &Path {
         &self.files_dir
+    }
+
+    /// Whether `bytes` more would fit the quota now (nothing is taken).
+    fn would_fit(&self, bytes: u64) -> bool {
+        self.used_bytes()
+            .checked_add(bytes)
+            .is_some_and(|total| total <= self.config.quota_bytes)
     }
 
     fn reserve(&self, bytes: u64) -> bool {
@@ -358,10 +365,15 @@ pub struct UploadsConfig {
     pub max_file_size: u64,
     /// Unfinished uploads one user may have at once.
     pub max_concurrent_per_user: usize,
-    /// Bytes all uploads may take on disk: completed files plus the full size of unfinished ones.
+    /// Bytes all uploads may take on disk: completed files plus the chunks unfinished ones have
+    /// been sent (taken as they arrive; a chunk past it is refused with `quota_exceeded`).
     pub quota_bytes: u64,
+    /// Declared sizes one user's unfinished uploads may add up to.
+    pub max_unfinished_bytes_per_user: u64,
     /// An unfinished upload without a chunk or `upload_start` for this long is deleted.
     pub expire_after_ms: u64,
+    /// An upload that has not been sent a single chunk is deleted after this long.
+    pub unstarted_expire_after_ms: u64,
     /// Chunks one connection may have waiting to be written; more are refused until some land.
     pub max_pending_chunks: usize,
 }
@@ -377,7 +389,9 @@ impl Default for UploadsConfig {
             max_file_size: 256 << 20,
             max_concurrent_per_user: 4,
             quota_bytes: 10 << 30,
+            max_unfinished_bytes_per_user: 1 << 30,
             expire_after_ms: 24 * 3600 * 1000,
+            unstarted_expire_after_ms: 5 * 60 * 1000,
             max_pending_chunks: 8,
         }
     }
@@ -392,6 +406,11 @@ impl UploadsConfig {
     /// `expire_after_ms` as a duration.
     pub fn expire_after(&self) -> Duration {
         Duration::from_millis(self.expire_after_ms)
+    }
+
+    /// `unstarted_expire_after_ms` as a duration.
+    pub fn unstarted_expire_after(&self) -> Duration {
+        Duration::from_millis(self.unstarted_expire_after_ms)
     }
 
     /// Every invalid value of this section, with the reason (key names as in the file).
@@ -420,6 +439,14 @@ impl UploadsConfig {
             (
                 self.expire_after_ms > 0,
                 "uploads.expire_after_ms must be > 0",
+            ),
+            (
+                self.unstarted_expire_after_ms > 0,
+                "uploads.unstarted_expire_after_ms must be > 0",
+            ),
+            (
+                self.max_unfinished_bytes_per_user > 0,
+                "uploads.max_unfinished_bytes_per_user must be > 0",
             ),
             (
                 self.max_pending_chunks > 0,

@@ -8,7 +8,13 @@
 //! chunk landed and no write is in flight: fdatasync, read back and hash, write the description,
 //! rename into place) → `Complete`, or back to `Active` with every chunk missing after a
 //! checksum mismatch. An upload idle for `expire_after_ms` is dropped (its partial file deleted
-//! and its quota released; a completed file stays).
+//! and its quota released; a completed file stays); one that was never sent a chunk goes after
+//! `unstarted_expire_after_ms`.
+//!
+//! **Quota** is taken as chunks arrive (a chunk the quota cannot take is refused with
+//! `quota_exceeded`, the upload kept), so `upload_start`s that send nothing hold none of it; the
+//! declared sizes of one user's unfinished uploads are capped by
+//! `max_unfinished_bytes_per_user`.
 
 use super::{Answer, UploadServices};
 use crate::core::{Addr, OwnerCtx, Payload, ReplyRef, ReplyStatus};
@@ -36,14 +42,23 @@ type Waiter = (Addr<Answer>, ReplyRef);
 pub(super) struct Registry {
     uploads: HashMap<UploadId, Upload>,
     /// Unfinished uploads per user.
-    active: HashMap<String, usize>,
+    active: HashMap<String, Unfinished>,
+}
+
+/// One user's unfinished uploads.
+#[derive(Default, Clone, Copy)]
+struct Unfinished {
+    count: usize,
+    /// Their declared sizes, summed.
+    bytes: u64,
 }
 
 impl Registry {
-    fn finished(&mut self, user: &str) {
-        if let Some(n) = self.active.get_mut(user) {
-            *n -= 1;
-            if *n == 0 {
+    fn finished(&mut self, user: &str, size: u64) {
+        if let Some(u) = self.active.get_mut(user) {
+            u.count -= 1;
+            u.bytes = u.bytes.saturating_sub(size);
+            if u.count == 0 {
                 self.active.remove(user);
             }
         }
@@ -65,6 +80,9 @@ struct Upload {
     plan: ChunkPlan,
     received: Vec<u64>,
     received_count: u32,
+    /// Quota held for this upload: the bytes of the chunks it has been sent (not its declared
+    /// size, so an upload that never sends a chunk holds nothing).
+    reserved: u64,
     file: Option<Rc<BufferedFile>>,
     state: State,
     writes_in_flight: u32,
@@ -77,11 +95,14 @@ impl Upload {
         self.received[index as usize / 64] & (1 << (index % 64)) != 0
     }
 
-    fn mark(&mut self, index: u32) {
-        if !self.is_received(index) {
-            self.received[index as usize / 64] |= 1 << (index % 64);
-            self.received_count += 1;
+    /// Marks chunk `index` received; false if it already was.
+    fn mark(&mut self, index: u32) -> bool {
+        if self.is_received(index) {
+            return false;
         }
+        self.received[index as usize / 64] |= 1 << (index % 64);
+        self.received_count += 1;
+        true
     }
 
     fn all_received(&self) -> bool {
@@ -197,8 +218,8 @@ pub(super) fn start(
         return answer(o, &waiter, result, false);
     }
 
-    let active = reg.active.get(&user).copied().unwrap_or(0);
-    if active >= services.config.max_concurrent_per_user {
+    let active = reg.active.get(&user).copied().unwrap_or_default();
+    if active.count >= services.config.max_concurrent_per_user {
         drop(reg);
         let e = error(
             "too_many_uploads",
@@ -209,7 +230,19 @@ pub(super) fn start(
         );
         return answer(o, &waiter, Err(e), false);
     }
-    if !services.reserve(plan.size) {
+    if active.bytes.saturating_add(plan.size) > services.config.max_unfinished_bytes_per_user {
+        drop(reg);
+        let e = error(
+            "quota_exceeded",
+            format!(
+                "a user's unfinished uploads may declare at most {} bytes",
+                services.config.max_unfinished_bytes_per_user
+            ),
+        );
+        return answer(o, &waiter, Err(e), false);
+    }
+    // Quota is taken as chunks arrive; a file that cannot fit now is refused at once.
+    if !services.would_fit(plan.size) {
         drop(reg);
         let e = error("quota_exceeded", "the server's upload storage is full");
         return answer(o, &waiter, Err(e), false);
@@ -217,7 +250,6 @@ pub(super) fn start(
     let mut raw = [0u8; 16];
     if let Err(e) = getrandom::fill(&mut raw) {
         drop(reg);
-        services.release(plan.size);
         tracing::error!(error = %e, "no randomness for an upload id");
         return answer(o, &waiter, Err(error("storage_error", "try again")), false);
     }
@@ -232,6 +264,7 @@ pub(super) fn start(
             plan,
             received: vec![0; words],
             received_count: 0,
+            reserved: 0,
             file: None,
             state: State::Opening,
             writes_in_flight: 0,
@@ -239,7 +272,9 @@ pub(super) fn start(
             waiters: Vec::new(),
         },
     );
-    *reg.active.entry(user).or_default() += 1;
+    let unfinished = reg.active.entry(user).or_default();
+    unfinished.count += 1;
+    unfinished.bytes += plan.size;
     drop(reg);
     let path = partial_path(&services, id);
     let size = plan.size;
@@ -279,14 +314,14 @@ fn opened(
             let v = up.start_json(id);
             drop(reg);
             answer(o, &waiter, Ok(v), false);
-            schedule_expiry(o, services.clone(), id, services.config.expire_after());
+            let first_check = services.config.unstarted_expire_after();
+            schedule_expiry(o, services.clone(), id, first_check);
         }
         Err(e) => {
             tracing::error!(upload = %id, error = %e, "cannot create the partial upload file");
             let up = reg.uploads.remove(&id).expect("looked up above");
-            reg.finished(&up.user);
+            reg.finished(&up.user, up.plan.size);
             drop(reg);
-            services.release(up.plan.size);
             answer(
                 o,
                 &waiter,
@@ -372,11 +407,21 @@ pub(super) fn chunk(
             true,
         );
     };
+    let len = data.len() as u64;
+    if !services.reserve(len) {
+        drop(reg);
+        let e = error(
+            "quota_exceeded",
+            "the server's upload storage is full: the upload is kept, send this chunk later",
+        );
+        return answer(o, &waiter, Err(e), true);
+    }
+    up.reserved += len;
     up.writes_in_flight += 1;
     let offset = up.plan.offset(index);
     drop(reg);
     o.spawn_then(write_all_at(file, data, offset), move |o, result| {
-        written(o, services, id, index, waiter, result)
+        written(o, services, id, index, len, waiter, result)
     });
 }
 
@@ -400,6 +445,7 @@ fn written(
     services: Arc<UploadServices>,
     id: UploadId,
     index: u32,
+    len: u64,
     waiter: Waiter,
     result: Result<(), String>,
 ) {
@@ -413,12 +459,18 @@ fn written(
     up.writes_in_flight -= 1;
     match result {
         Ok(()) => {
-            up.mark(index);
+            if !up.mark(index) {
+                // The same chunk was written twice concurrently: its quota is held once.
+                up.reserved -= len;
+                services.release(len);
+            }
             drop(reg);
             settle(o, &services, id, index, waiter);
         }
         Err(e) => {
             tracing::error!(upload = %id, chunk = index, error = %e, "chunk not written");
+            up.reserved -= len;
+            services.release(len);
             drop(reg);
             answer(
                 o,
@@ -497,8 +549,9 @@ fn maybe_finalize(o: &mut OwnerCtx<'_>, services: &Arc<UploadServices>, id: Uplo
         files_dir: services.files_dir.clone(),
     };
     drop(reg);
+    let services = services.clone();
     o.spawn_then(job.run(), move |o, result| {
-        finalized(o, id, file_id, result)
+        finalized(o, &services, id, file_id, result)
     });
 }
 
@@ -573,6 +626,7 @@ impl Finalize {
 
 fn finalized(
     o: &mut OwnerCtx<'_>,
+    services: &UploadServices,
     id: UploadId,
     file_id: String,
     result: Result<(), FinalizeError>,
@@ -591,8 +645,8 @@ fn finalized(
             };
             up.file = None;
             let v = up.complete_json(id, &file_id);
-            let user = up.user.clone();
-            reg.finished(&user);
+            let (user, size) = (up.user.clone(), up.plan.size);
+            reg.finished(&user, size);
             Ok(v)
         }
         Err(FinalizeError::Mismatch { size, sha256 }) => {
@@ -600,6 +654,8 @@ fn finalized(
             up.state = State::Active;
             up.received.iter_mut().for_each(|w| *w = 0);
             up.received_count = 0;
+            // Its chunks come again, and take their quota again.
+            services.release(std::mem::take(&mut up.reserved));
             let mut e = error(
                 "checksum_mismatch",
                 "the file does not match its size and sha256: send its chunks again",
@@ -635,13 +691,18 @@ fn schedule_expiry(
     o.run_after(after, move |o| expire(o, services, id));
 }
 
-/// Drops an upload nobody touched for `expire_after_ms`.
+/// Drops an upload nobody touched for `expire_after_ms` (`unstarted_expire_after_ms` while it
+/// has not been sent a chunk).
 fn expire(o: &mut OwnerCtx<'_>, services: Arc<UploadServices>, id: UploadId) {
-    let ttl = services.config.expire_after();
     let registry = o.state::<Registry>();
     let mut reg = registry.borrow_mut();
     let Some(up) = reg.uploads.get(&id) else {
         return;
+    };
+    let ttl = if up.reserved == 0 && up.received_count == 0 {
+        services.config.unstarted_expire_after()
+    } else {
+        services.config.expire_after()
     };
     let idle = o.now().instant.saturating_duration_since(up.last_activity);
     if idle < ttl || up.writes_in_flight > 0 || up.state == State::Finalizing {
@@ -653,9 +714,9 @@ fn expire(o: &mut OwnerCtx<'_>, services: Arc<UploadServices>, id: UploadId) {
     if matches!(up.state, State::Complete { .. }) {
         return;
     }
-    reg.finished(&up.user);
+    reg.finished(&up.user, up.plan.size);
     drop(reg);
-    services.release(up.plan.size);
+    services.release(up.reserved);
     tracing::info!(upload = %id, user = %up.user, "unfinished upload expired");
     let path = partial_path(&services, id);
     let file = up.file;

@@ -4,11 +4,15 @@
 //! the writer sends up to `write_batch_frames` of them per vectored `sendmsg`, so one syscall
 //! carries many messages.
 //!
-//! **Slow consumers.** The queue is bounded by frame count and bytes. A push that would exceed
-//! either bound drops the backlog (keeping a partly written frame, so the stream stays valid),
-//! queues a close frame with code 1013 ("try again later") and marks the connection failed; the
-//! reader then tears the connection down. A socket that accepts no bytes for `write_timeout` is
-//! dropped. Memory per connection is therefore bounded whatever the publish rate.
+//! **Slow consumers** are judged by how far behind they stay, over time — not by the size of one
+//! burst the server produced in one turn. A queue over its soft bounds (frames or bytes) is
+//! *behind*; one that stays behind for `behind_timeout` (its socket not draining it under the
+//! bounds), or that reaches the hard bounds (`hard_factor` × the soft ones, the memory cap), is
+//! a slow consumer: the backlog is dropped (keeping a partly written frame, so the stream stays
+//! valid), a close frame with code 1013 ("try again later") is queued and the connection is
+//! marked failed; the reader then tears it down. A socket that accepts no bytes for
+//! `write_timeout` is dropped. Memory per connection is therefore bounded whatever the publish
+//! rate. A queue that is behind lets go of its publishers' [`Hold`]s, so it does not stall them.
 //!
 //! **Delivery policies.** Each frame carries a [`Delivery`]: `Reliable` frames are queued in order;
 //! a `Latest(key)` frame replaces a not-yet-started queued frame with the same key (latest value
@@ -18,11 +22,14 @@ use super::stream::SharedStream;
 pub use crate::core::Delivery;
 use crate::ops::metrics::ShardMetrics;
 use crate::protocol::websocket::{close_code, encode_close};
+use crate::runtime::credit::Hold;
 use bytes::{Bytes, BytesMut};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 /// What [`Outbound::push_with`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +59,18 @@ impl Pushed {
 struct Queued {
     bytes: Bytes,
     delivery: Delivery,
+    /// The publisher's credit this frame holds until written (none once the queue is behind).
+    hold: Option<Rc<Hold>>,
+}
+
+impl Queued {
+    fn reliable(bytes: Bytes) -> Queued {
+        Queued {
+            bytes,
+            delivery: Delivery::Reliable,
+            hold: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +86,28 @@ enum State {
 /// Bounds of one connection's queue and writer.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Most frames queued at once; a push past it closes the connection (slow consumer).
+    /// Frames queued past which the connection is behind.
     pub max_frames: usize,
-    /// Most bytes queued at once, likewise (a single larger frame still goes when alone).
+    /// Bytes queued past which the connection is behind (a single larger frame is not).
     pub max_bytes: usize,
+    /// How long a connection may stay behind before it is closed as a slow consumer.
+    pub behind_timeout: Duration,
+    /// The hard bounds are this multiple of the soft ones: reaching them closes at once.
+    pub hard_factor: usize,
     /// Most frames sent in one vectored write.
     pub batch_frames: usize,
+}
+
+impl Limits {
+    fn over_soft(&self, frames: usize, bytes: usize) -> bool {
+        frames > self.max_frames || (frames > 1 && bytes > self.max_bytes)
+    }
+
+    fn over_hard(&self, frames: usize, bytes: usize) -> bool {
+        let factor = self.hard_factor.max(1);
+        frames > self.max_frames.saturating_mul(factor)
+            || (frames > 1 && bytes > self.max_bytes.saturating_mul(factor))
+    }
 }
 
 struct Inner {
@@ -84,6 +119,8 @@ struct Inner {
     /// The connection must be torn down (slow consumer or socket error).
     failed: bool,
     slow_consumer: bool,
+    /// Since when the queue has been over its soft bounds.
+    behind_since: Option<Instant>,
     writer: Option<Waker>,
     reader: Option<Waker>,
 }
@@ -105,6 +142,7 @@ impl Outbound {
                 state: State::Open,
                 failed: false,
                 slow_consumer: false,
+                behind_since: None,
                 writer: None,
                 reader: None,
             }),
@@ -112,13 +150,22 @@ impl Outbound {
         }
     }
 
-    /// Queues a frame in order. Returns false if the connection no longer accepts frames.
+    /// Queues a frame in order (a reply or control frame: it holds no publisher's credit).
+    /// Returns false if the connection no longer accepts frames.
     pub fn push(&self, bytes: Bytes) -> bool {
-        self.push_with(bytes, Delivery::Reliable).accepted()
+        self.push_with(bytes, Delivery::Reliable, None, Instant::now())
+            .accepted()
     }
 
-    /// Queues a frame under a delivery policy.
-    pub fn push_with(&self, bytes: Bytes, delivery: Delivery) -> Pushed {
+    /// Queues a frame under a delivery policy; `hold` is kept until the frame is written, unless
+    /// the queue is behind. `now` dates the queue falling behind.
+    pub fn push_with(
+        &self,
+        bytes: Bytes,
+        delivery: Delivery,
+        hold: Option<Rc<Hold>>,
+        now: Instant,
+    ) -> Pushed {
         let mut inner = self.inner.borrow_mut();
         if inner.state != State::Open {
             return Pushed::Refused;
@@ -135,7 +182,13 @@ impl Outbound {
                     .skip(first_free)
                     .position(|q| q.delivery == delivery);
                 if let Some(i) = same.map(|i| i + first_free) {
-                    let old = std::mem::replace(&mut inner.frames[i], Queued { bytes, delivery });
+                    let hold = hold.filter(|_| inner.behind_since.is_none());
+                    let new = Queued {
+                        bytes,
+                        delivery,
+                        hold,
+                    };
+                    let old = std::mem::replace(&mut inner.frames[i], new);
                     inner.queued_bytes =
                         inner.queued_bytes - old.bytes.len() + inner.frames[i].bytes.len();
                     return Pushed::Replaced;
@@ -164,16 +217,36 @@ impl Outbound {
                 }
             }
         }
-        // One frame larger than the byte bound still goes out when nothing else is queued.
-        let over = inner.frames.len() >= self.limits.max_frames
-            || (!inner.frames.is_empty()
-                && inner.queued_bytes + bytes.len() > self.limits.max_bytes);
-        if over {
+        let (frames, queued_bytes) = (inner.frames.len() + 1, inner.queued_bytes + bytes.len());
+        if self.limits.over_hard(frames, queued_bytes) {
             self.overflow(&mut inner);
             return Pushed::Refused;
         }
+        if self.limits.over_soft(frames, queued_bytes) {
+            match inner.behind_since {
+                None => {
+                    // Behind: this queue no longer holds back its publishers.
+                    inner.behind_since = Some(now);
+                    for q in inner.frames.iter_mut() {
+                        q.hold = None;
+                    }
+                }
+                Some(since)
+                    if now.saturating_duration_since(since) >= self.limits.behind_timeout =>
+                {
+                    self.overflow(&mut inner);
+                    return Pushed::Refused;
+                }
+                Some(_) => {}
+            }
+        }
+        let hold = hold.filter(|_| inner.behind_since.is_none());
         inner.queued_bytes += bytes.len();
-        inner.frames.push_back(Queued { bytes, delivery });
+        inner.frames.push_back(Queued {
+            bytes,
+            delivery,
+            hold,
+        });
         if let Some(w) = inner.writer.take() {
             w.wake();
         }
@@ -191,10 +264,7 @@ impl Outbound {
             "slow consumer: outbound backlog over limit",
         );
         inner.queued_bytes += close.len();
-        inner.frames.push_back(Queued {
-            bytes: close,
-            delivery: Delivery::Reliable,
-        });
+        inner.frames.push_back(Queued::reliable(close));
         inner.state = State::Closing;
         inner.failed = true;
         inner.slow_consumer = true;
@@ -213,10 +283,7 @@ impl Outbound {
             return false;
         }
         inner.queued_bytes += frame.len();
-        inner.frames.push_back(Queued {
-            bytes: frame,
-            delivery: Delivery::Reliable,
-        });
+        inner.frames.push_back(Queued::reliable(frame));
         inner.state = State::Closing;
         if let Some(w) = inner.writer.take() {
             w.wake();
@@ -283,8 +350,15 @@ impl Outbound {
         }
     }
 
-    /// Marks `n` written bytes as sent; returns how many whole frames that completed.
-    fn consume(&self, mut n: usize) -> usize {
+    /// Whether the queue is over its soft bounds (and since when).
+    pub fn behind_since(&self) -> Option<Instant> {
+        self.inner.borrow().behind_since
+    }
+
+    /// Marks `n` written bytes as sent at `now`; returns how many whole frames that completed.
+    /// A queue drained under its soft bounds is no longer behind; one still behind after the
+    /// timeout is closed as a slow consumer even when nothing new is pushed (a trickling reader).
+    fn consume(&self, mut n: usize, now: Instant) -> usize {
         let mut inner = self.inner.borrow_mut();
         let mut done = 0;
         inner.queued_bytes -= n;
@@ -298,6 +372,18 @@ impl Outbound {
             } else {
                 inner.head_written += n;
                 n = 0;
+            }
+        }
+        if let Some(since) = inner.behind_since {
+            if !self
+                .limits
+                .over_soft(inner.frames.len(), inner.queued_bytes)
+            {
+                inner.behind_since = None;
+            } else if inner.state == State::Open
+                && now.saturating_duration_since(since) >= self.limits.behind_timeout
+            {
+                self.overflow(&mut inner);
             }
         }
         done
@@ -351,7 +437,7 @@ pub async fn run_writer(
         }
         match out.try_send(&stream) {
             Ok(n) => {
-                let frames = out.consume(n);
+                let frames = out.consume(n, Instant::now());
                 ShardMetrics::inc(&metrics.write_syscalls);
                 ShardMetrics::add(&metrics.frames_out, frames as u64);
                 ShardMetrics::add(&metrics.bytes_out, n as u64);
@@ -372,7 +458,7 @@ pub async fn run_writer(
                 .await;
                 match result {
                     Ok(n) => {
-                        let frames = out.consume(n);
+                        let frames = out.consume(n, Instant::now());
                         ShardMetrics::add(&metrics.frames_out, frames as u64);
                         ShardMetrics::add(&metrics.bytes_out, n as u64);
                     }
@@ -399,12 +485,95 @@ pub async fn run_writer(
 mod tests {
     use super::*;
 
+    /// Soft bounds equal to the hard ones: the first push past them closes.
     fn limits(max_frames: usize, max_bytes: usize) -> Limits {
         Limits {
             max_frames,
             max_bytes,
+            behind_timeout: Duration::from_secs(10),
+            hard_factor: 1,
             batch_frames: 64,
         }
+    }
+
+    fn at(out: &Outbound, bytes: &'static [u8], now: Instant) -> Pushed {
+        out.push_with(Bytes::from_static(bytes), Delivery::Reliable, None, now)
+    }
+
+    #[test]
+    fn a_burst_over_the_soft_bounds_is_not_a_slow_consumer() {
+        let out = Outbound::new(Limits {
+            hard_factor: 4,
+            ..limits(2, 1000)
+        });
+        let t0 = Instant::now();
+        for _ in 0..8 {
+            assert!(at(&out, b"abc", t0).accepted(), "up to the hard bound");
+        }
+        assert_eq!(out.behind_since(), Some(t0));
+        assert!(!out.failed());
+        // The writer drains it under the soft bound: no longer behind.
+        out.consume(3 * 7, t0 + Duration::from_secs(9));
+        assert_eq!(out.behind_since(), None);
+        assert!(at(&out, b"abc", t0 + Duration::from_secs(60)).accepted());
+    }
+
+    #[test]
+    fn staying_behind_past_the_timeout_is_a_slow_consumer() {
+        let out = Outbound::new(Limits {
+            hard_factor: 100,
+            ..limits(2, 1000)
+        });
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            at(&out, b"abc", t0);
+        }
+        assert!(at(&out, b"abc", t0 + Duration::from_secs(9)).accepted());
+        out.consume(1, t0 + Duration::from_secs(9));
+        assert!(!out.failed(), "a trickle within the timeout");
+        out.consume(1, t0 + Duration::from_secs(10));
+        assert!(
+            out.failed() && out.is_slow_consumer(),
+            "still behind after 10 s"
+        );
+        let inner = out.inner.borrow();
+        assert_eq!(
+            inner.frames.len(),
+            2,
+            "the partly written head, then the close"
+        );
+        assert_eq!(&inner.frames[1].bytes[2..4], &1013u16.to_be_bytes());
+    }
+
+    #[test]
+    fn the_hard_bound_closes_at_once() {
+        let out = Outbound::new(Limits {
+            hard_factor: 2,
+            ..limits(2, 1000)
+        });
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            assert!(at(&out, b"abc", t0).accepted());
+        }
+        assert_eq!(at(&out, b"abc", t0), Pushed::Refused);
+        assert!(out.is_slow_consumer());
+    }
+
+    #[test]
+    fn a_queue_behind_lets_go_of_its_publishers_holds() {
+        let out = Outbound::new(Limits {
+            hard_factor: 10,
+            ..limits(2, 1000)
+        });
+        let credit = crate::runtime::credit::Credit::new(5);
+        let t0 = Instant::now();
+        let push = |hold| out.push_with(Bytes::from_static(b"abc"), Delivery::Reliable, hold, t0);
+        push(Some(credit.hold(3)));
+        push(Some(credit.hold(3)));
+        assert_eq!(credit.outstanding(), 6);
+        push(Some(credit.hold(3)));
+        assert_eq!(credit.outstanding(), 0, "behind: no holds kept");
+        assert!(credit.has_room());
     }
 
     #[test]
@@ -442,7 +611,7 @@ mod tests {
         let out = Outbound::new(limits(2, 1000));
         out.push(Bytes::from_static(b"head"));
         out.push(Bytes::from_static(b"next"));
-        assert_eq!(out.consume(2), 0);
+        assert_eq!(out.consume(2, Instant::now()), 0);
         assert!(!out.push(Bytes::from_static(b"x")));
         let inner = out.inner.borrow();
         assert_eq!(inner.frames.len(), 2);
@@ -453,10 +622,25 @@ mod tests {
     #[test]
     fn latest_value_replaces_queued_frame_with_same_key() {
         let out = Outbound::new(limits(10, 1000));
-        out.push_with(Bytes::from_static(b"a1"), Delivery::Latest(1));
-        out.push_with(Bytes::from_static(b"b1"), Delivery::Latest(2));
+        out.push_with(
+            Bytes::from_static(b"a1"),
+            Delivery::Latest(1),
+            None,
+            Instant::now(),
+        );
+        out.push_with(
+            Bytes::from_static(b"b1"),
+            Delivery::Latest(2),
+            None,
+            Instant::now(),
+        );
         assert_eq!(
-            out.push_with(Bytes::from_static(b"a2"), Delivery::Latest(1)),
+            out.push_with(
+                Bytes::from_static(b"a2"),
+                Delivery::Latest(1),
+                None,
+                Instant::now()
+            ),
             Pushed::Replaced
         );
         out.push(Bytes::from_static(b"r"));
@@ -471,19 +655,19 @@ mod tests {
         let out = Outbound::new(limits(10, 1000));
         let audio = |k| Delivery::Budget { key: k, max: 2 };
         assert_eq!(
-            out.push_with(Bytes::from_static(b"a1"), audio(1)),
+            out.push_with(Bytes::from_static(b"a1"), audio(1), None, Instant::now()),
             Pushed::Queued
         );
         assert_eq!(
-            out.push_with(Bytes::from_static(b"b1"), audio(2)),
+            out.push_with(Bytes::from_static(b"b1"), audio(2), None, Instant::now()),
             Pushed::Queued
         );
         assert_eq!(
-            out.push_with(Bytes::from_static(b"a2"), audio(1)),
+            out.push_with(Bytes::from_static(b"a2"), audio(1), None, Instant::now()),
             Pushed::Queued
         );
         assert_eq!(
-            out.push_with(Bytes::from_static(b"a3"), audio(1)),
+            out.push_with(Bytes::from_static(b"a3"), audio(1), None, Instant::now()),
             Pushed::DroppedOldest
         );
         let inner = out.inner.borrow();
@@ -495,14 +679,29 @@ mod tests {
     #[test]
     fn frames_being_written_are_never_replaced() {
         let out = Outbound::new(limits(10, 1000));
-        out.push_with(Bytes::from_static(b"s1"), Delivery::Latest(7));
-        out.consume(1);
+        out.push_with(
+            Bytes::from_static(b"s1"),
+            Delivery::Latest(7),
+            None,
+            Instant::now(),
+        );
+        out.consume(1, Instant::now());
         assert_eq!(
-            out.push_with(Bytes::from_static(b"s2"), Delivery::Latest(7)),
+            out.push_with(
+                Bytes::from_static(b"s2"),
+                Delivery::Latest(7),
+                None,
+                Instant::now()
+            ),
             Pushed::Queued
         );
         assert_eq!(
-            out.push_with(Bytes::from_static(b"s3"), Delivery::Latest(7)),
+            out.push_with(
+                Bytes::from_static(b"s3"),
+                Delivery::Latest(7),
+                None,
+                Instant::now()
+            ),
             Pushed::Replaced
         );
         let inner = out.inner.borrow();
@@ -515,9 +714,9 @@ mod tests {
         let out = Outbound::new(limits(10, 1000));
         out.push(Bytes::from_static(b"aaa"));
         out.push(Bytes::from_static(b"bb"));
-        assert_eq!(out.consume(4), 1);
+        assert_eq!(out.consume(4, Instant::now()), 1);
         assert_eq!(out.inner.borrow().head_written, 1);
-        assert_eq!(out.consume(1), 1);
+        assert_eq!(out.consume(1, Instant::now()), 1);
         assert_eq!(out.queued(), (0, 0));
     }
 }
