@@ -182,7 +182,7 @@ enum Wake {
     Shutdown,
     /// The connection's earlier broadcasts have been written: take more.
     Credit,
-    /// Waited `publisher_patience_ms` for that: take one more turn anyway.
+    /// Waited `publisher_patience_ms` for that: write the rest off and go on.
     Patience,
     /// An unfinished frame's deadline passed.
     FrameTimeout,
@@ -252,14 +252,12 @@ async fn run_session(
     let mut partial = PartialBytes::new(&shard);
     let mut frame_deadline: Option<glommio::timer::Timer> = None;
     let mut patience: Option<glommio::timer::Timer> = None;
-    // Patience ran out: one turn takes input whatever the credit says.
-    let mut forced = false;
 
     'session: loop {
         // Take what the buffer holds: a bounded number of messages per turn, and only while this
-        // connection's earlier broadcasts are being written (its credit), or patience ran out.
+        // connection's earlier broadcasts are being written (its credit).
         let mut taken = 0;
-        while credit.has_room() || forced {
+        while credit.has_room() {
             match decoder.decode(&mut buf) {
                 Ok(Some(event)) => {
                     if !conn.on_event(event).await {
@@ -285,7 +283,6 @@ async fn run_session(
                 }
             }
         }
-        forced = false;
         if credit.has_room() {
             patience = None;
         }
@@ -294,20 +291,19 @@ async fn run_session(
             // Idle connections hold no receive memory: reads land in the shard's scratch buffer.
             buf = BytesMut::new();
         }
-        // An unfinished frame (or fragmented message) must be completed within its deadline,
-        // however slowly its bytes trickle in.
-        // Its clock starts again with every message completed (a busy client's reads rarely end
-        // on a frame boundary).
+        let more_input_wanted = taken < MESSAGES_PER_TURN;
+        let read = credit.has_room() && more_input_wanted;
+        // An unfinished frame must be completed within its deadline, however slowly its bytes
+        // trickle in. The clock runs only while the server reads (holding the client back for
+        // credit is not the client being slow), and starts again with every message completed
+        // (a busy client's reads rarely end on a frame boundary) — except inside a fragmented
+        // message, which must end within it as a whole (interleaved pings do not restart it).
         let unfinished = !buf.is_empty() || decoder.in_message();
-        if taken > 0 {
+        if !read || !unfinished || (taken > 0 && !decoder.in_message()) {
             frame_deadline = None;
         }
-        match (unfinished, frame_deadline.is_some()) {
-            (false, _) => frame_deadline = None,
-            (true, false) => {
-                frame_deadline = Some(glommio::timer::Timer::new(config.websocket.frame_timeout()))
-            }
-            (true, true) => {}
+        if read && unfinished && frame_deadline.is_none() {
+            frame_deadline = Some(glommio::timer::Timer::new(config.websocket.frame_timeout()));
         }
         if !partial.set(buf.len() + decoder.buffered()) {
             ShardMetrics::inc(&metrics.partial_budget_closes);
@@ -317,8 +313,6 @@ async fn run_session(
             );
             break;
         }
-        let more_input_wanted = taken < MESSAGES_PER_TURN;
-        let read = credit.has_room() && more_input_wanted;
         if !credit.has_room() && patience.is_none() {
             ShardMetrics::inc(&metrics.publisher_waits);
             patience = Some(glommio::timer::Timer::new(
@@ -338,8 +332,10 @@ async fn run_session(
         match next_wake(&shard, &stream, &shared, &mut buf, wait).await {
             Wake::Data | Wake::Credit => {}
             Wake::Patience => {
+                // The subscribers holding this connection's frames are not keeping up: they
+                // are judged on their own (they fall behind); this connection goes on.
+                credit.write_off();
                 patience = None;
-                forced = true;
             }
             Wake::Mail => conn.handle_mail().await,
             Wake::IdleTimeout => {

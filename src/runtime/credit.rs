@@ -20,6 +20,8 @@ use std::task::{Context, Poll, Waker};
 pub struct Credit {
     outstanding: Cell<usize>,
     limit: usize,
+    /// Bumped by [`write_off`](Self::write_off): holds of an older generation no longer count.
+    generation: Cell<u64>,
     waker: RefCell<Option<Waker>>,
 }
 
@@ -27,6 +29,7 @@ pub struct Credit {
 pub struct Hold {
     credit: Rc<Credit>,
     bytes: usize,
+    generation: u64,
 }
 
 impl Credit {
@@ -35,6 +38,7 @@ impl Credit {
         Rc::new(Credit {
             outstanding: Cell::new(0),
             limit: limit.max(1),
+            generation: Cell::new(0),
             waker: RefCell::new(None),
         })
     }
@@ -45,7 +49,16 @@ impl Credit {
         Rc::new(Hold {
             credit: self.clone(),
             bytes,
+            generation: self.generation.get(),
         })
+    }
+
+    /// Stops counting what is outstanding: the reader waited its patience out, so the
+    /// subscribers still holding these frames are not keeping up, and they are judged on their
+    /// own (they fall behind) instead of holding the reader back any longer.
+    pub fn write_off(&self) {
+        self.outstanding.set(0);
+        self.generation.set(self.generation.get() + 1);
     }
 
     /// Bytes held by queues right now.
@@ -90,6 +103,9 @@ impl Credit {
 impl Drop for Hold {
     fn drop(&mut self) {
         let credit = &self.credit;
+        if self.generation != credit.generation.get() {
+            return; // written off
+        }
         let before = credit.outstanding.get();
         credit.outstanding.set(before - self.bytes);
         if before >= credit.limit && credit.has_room() {
@@ -136,6 +152,24 @@ mod tests {
         assert_eq!(credit.outstanding(), 0);
         assert_eq!(woken.0.load(Ordering::SeqCst), 1);
         assert!(credit.poll_room(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn written_off_holds_no_longer_count() {
+        let credit = Credit::new(100);
+        let stalled = credit.hold(150);
+        assert!(!credit.has_room());
+        credit.write_off();
+        assert!(credit.has_room());
+        let fresh = credit.hold(60);
+        drop(stalled);
+        assert_eq!(
+            credit.outstanding(),
+            60,
+            "the old hold's drop takes nothing off"
+        );
+        drop(fresh);
+        assert_eq!(credit.outstanding(), 0);
     }
 
     #[test]

@@ -80,8 +80,11 @@ struct Upload {
     plan: ChunkPlan,
     received: Vec<u64>,
     received_count: u32,
-    /// Quota held for this upload: the bytes of the chunks it has been sent (not its declared
-    /// size, so an upload that never sends a chunk holds nothing).
+    /// Bytes of the chunks received or being written (since the last checksum mismatch).
+    claimed: u64,
+    /// Quota held for this upload: the most it has claimed (not its declared size, so an upload
+    /// that never sends a chunk holds nothing; a checksum mismatch keeps it, as the bytes stay on
+    /// disk until they are sent again).
     reserved: u64,
     file: Option<Rc<BufferedFile>>,
     state: State,
@@ -264,6 +267,7 @@ pub(super) fn start(
             plan,
             received: vec![0; words],
             received_count: 0,
+            claimed: 0,
             reserved: 0,
             file: None,
             state: State::Opening,
@@ -358,7 +362,12 @@ pub(super) fn chunk(
             return answer(o, &waiter, Err(e), true);
         }
     };
-    up.last_activity = o.now().instant;
+    // Activity is what makes progress: a chunk refused below does not keep the upload alive.
+    let now = o.now().instant;
+    match &up.state {
+        State::Complete { .. } | State::Finalizing => up.last_activity = now,
+        State::Opening | State::Active => {}
+    }
     match &up.state {
         State::Complete { file_id } => {
             let v = up.complete_json(id, file_id);
@@ -395,6 +404,7 @@ pub(super) fn chunk(
     }
     if up.is_received(index) {
         // A duplicate: nothing to write.
+        up.last_activity = now;
         drop(reg);
         return settle(o, &services, id, index, waiter);
     }
@@ -408,15 +418,20 @@ pub(super) fn chunk(
         );
     };
     let len = data.len() as u64;
-    if !services.reserve(len) {
-        drop(reg);
-        let e = error(
-            "quota_exceeded",
-            "the server's upload storage is full: the upload is kept, send this chunk later",
-        );
-        return answer(o, &waiter, Err(e), true);
+    let claimed = up.claimed + len;
+    if claimed > up.reserved {
+        if !services.reserve(claimed - up.reserved) {
+            drop(reg);
+            let e = error(
+                "quota_exceeded",
+                "the server's upload storage is full: the upload is kept, send this chunk later",
+            );
+            return answer(o, &waiter, Err(e), true);
+        }
+        up.reserved = claimed;
     }
-    up.reserved += len;
+    up.claimed = claimed;
+    up.last_activity = now;
     up.writes_in_flight += 1;
     let offset = up.plan.offset(index);
     drop(reg);
@@ -460,17 +475,16 @@ fn written(
     match result {
         Ok(()) => {
             if !up.mark(index) {
-                // The same chunk was written twice concurrently: its quota is held once.
-                up.reserved -= len;
-                services.release(len);
+                // The same chunk was written twice concurrently: it is claimed once.
+                up.claimed -= len;
             }
             drop(reg);
             settle(o, &services, id, index, waiter);
         }
         Err(e) => {
             tracing::error!(upload = %id, chunk = index, error = %e, "chunk not written");
-            up.reserved -= len;
-            services.release(len);
+            // Its quota stays reserved: part of it may be on disk, and it is sent again.
+            up.claimed -= len;
             drop(reg);
             answer(
                 o,
@@ -644,6 +658,9 @@ fn finalized(
                 file_id: file_id.clone(),
             };
             up.file = None;
+            // The file holds exactly its size now.
+            services.release(up.reserved.saturating_sub(up.plan.size));
+            up.reserved = up.plan.size;
             let v = up.complete_json(id, &file_id);
             let (user, size) = (up.user.clone(), up.plan.size);
             reg.finished(&user, size);
@@ -654,8 +671,8 @@ fn finalized(
             up.state = State::Active;
             up.received.iter_mut().for_each(|w| *w = 0);
             up.received_count = 0;
-            // Its chunks come again, and take their quota again.
-            services.release(std::mem::take(&mut up.reserved));
+            // Its chunks come again; the quota they held stays (the bytes are on disk).
+            up.claimed = 0;
             let mut e = error(
                 "checksum_mismatch",
                 "the file does not match its size and sha256: send its chunks again",

@@ -60,7 +60,12 @@ pub async fn accept_loop(
                         .await
                     {
                         ShardMetrics::inc(&metrics.connections_shed);
-                        shed_one(&mut shed).await;
+                        // A moment in all: a trickling client must not hold the accept loop.
+                        let _ = glommio::timer::timeout(Duration::from_millis(200), async {
+                            shed_one(&mut shed).await;
+                            Ok(())
+                        })
+                        .await;
                     }
                     reserve = open_reserve();
                 } else {
@@ -78,11 +83,10 @@ pub async fn accept_loop(
 
 /// Answers a shed connection 503 and closes it without losing the answer: closing with the
 /// client's request unread would reset the connection (and the client would discard the
-/// answer), so its input is read until it closes too, for at most a moment.
+/// answer), so its input is read until it closes too (the caller bounds the time).
 async fn shed_one(stream: &mut TcpStream) {
     let _ = stream.write_all(SHED_RESPONSE).await;
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     let mut discard = [0u8; 1024];
     while let Ok(n) = stream.read(&mut discard).await {
         if n == 0 {

@@ -257,6 +257,9 @@ impl Outbound {
         // Keep a partly written head frame so the peer never sees a torn frame.
         let keep = usize::from(inner.head_written > 0);
         inner.frames.truncate(keep);
+        if let Some(head) = inner.frames.front_mut() {
+            head.hold = None;
+        }
         inner.queued_bytes = inner.frames.iter().map(|q| q.bytes.len()).sum();
         let close = encode_close(
             &mut BytesMut::new(),
@@ -281,6 +284,10 @@ impl Outbound {
         let mut inner = self.inner.borrow_mut();
         if inner.state != State::Open {
             return false;
+        }
+        // A closing connection holds no publisher back while its last frames go out.
+        for q in inner.frames.iter_mut() {
+            q.hold = None;
         }
         inner.queued_bytes += frame.len();
         inner.frames.push_back(Queued::reliable(frame));
