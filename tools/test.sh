@@ -75,7 +75,13 @@ elif [ "${SKIP_AUTOBAHN:-0}" != 1 ]; then
   server=$!
   trap 'kill $server 2>/dev/null || true' EXIT
   status=0
-  tools/autobahn/run.sh "ws://127.0.0.1:$port/echo" || status=$?
+  # permessage-deflate (12.*, 13.*): every negotiation variant, messages up to 16 KiB (about 100 s);
+  # the larger sizes take 9 more minutes here: AUTOBAHN_FULL=1 runs them too.
+  big='[]'
+  if [ "${AUTOBAHN_FULL:-0}" != 1 ]; then
+    big=$(python3 -c 'import json; print(json.dumps(["%s.*.%d" % (g, n) for g in (12, 13) for n in (8, 9, 10, 13, 14, 15, 16, 17, 18)]))')
+  fi
+  AUTOBAHN_EXCLUDE="$big" tools/autobahn/run.sh "ws://127.0.0.1:$port/echo" || status=$?
   kill "$server"
   wait "$server" || true
   trap - EXIT

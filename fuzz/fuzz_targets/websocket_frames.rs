@@ -1,5 +1,6 @@
-//! The RFC 6455 client-frame decoder: any bytes, arriving in any split, never panic, never
-//! yield a message over the limits, and text messages are valid UTF-8.
+//! The RFC 6455 client-frame decoder, with and without permessage-deflate: any bytes, arriving
+//! in any split, never panic, never yield a message over the limits (inflated ones included),
+//! and text messages are valid UTF-8.
 #![no_main]
 
 use bytes::BytesMut;
@@ -12,12 +13,16 @@ const LIMITS: DecoderLimits = DecoderLimits {
 };
 
 fuzz_target!(|data: &[u8]| {
-    // The first byte chooses how the rest arrives: in chunks of 1 to 256 bytes.
+    // The first byte chooses how the rest arrives (in chunks of 1 to 128 bytes) and whether
+    // permessage-deflate was negotiated (its top bit).
     let Some((&split, rest)) = data.split_first() else {
         return;
     };
-    let chunk = usize::from(split) + 1;
+    let chunk = usize::from(split & 0x7f) + 1;
     let mut dec = WsDecoder::new(LIMITS);
+    if split & 0x80 != 0 {
+        dec = dec.with_inflate();
+    }
     let mut buf = BytesMut::new();
     for piece in rest.chunks(chunk) {
         buf.extend_from_slice(piece);

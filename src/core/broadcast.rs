@@ -2,6 +2,7 @@
 //! delivery policy subscribers that are behind apply to it.
 
 use super::{ConnId, Payload, Topic};
+use crate::protocol::deflate::{deflate_frame, Agreed, Params};
 use crate::protocol::phoenix::{encode, ByteString, Outgoing, Serializer};
 use bytes::{Bytes, BytesMut};
 use std::sync::OnceLock;
@@ -40,6 +41,9 @@ pub struct Broadcast {
     v2: Option<Bytes>,
     /// The V1 frame, encoded by the first shard that has a V1 subscriber.
     v1: OnceLock<Option<Bytes>>,
+    /// The permessage-deflate forms (default 15-bit window), compressed by the first shard that
+    /// has such a subscriber and shared by all of them: `[V2, V1]`.
+    deflated: [OnceLock<Option<Bytes>>; 2],
 }
 
 impl Broadcast {
@@ -60,6 +64,7 @@ impl Broadcast {
             delivery: Delivery::Reliable,
             v2,
             v1: OnceLock::new(),
+            deflated: [OnceLock::new(), OnceLock::new()],
         }
     }
 
@@ -86,6 +91,38 @@ impl Broadcast {
                 })
                 .as_ref(),
         }
+    }
+}
+
+impl Broadcast {
+    /// The frame for a subscriber speaking `ser` that negotiated permessage-deflate as
+    /// `agreed`: compressed when that pays, else the plain frame. With the default window the
+    /// compression happens once for every such subscriber (on every shard); the bool says whether
+    /// this call did it.
+    pub fn deflated_frame_for(
+        &self,
+        ser: Serializer,
+        agreed: Agreed,
+        params: &Params,
+    ) -> (Option<Bytes>, bool) {
+        let Some(plain) = self.frame_for(ser) else {
+            return (None, false);
+        };
+        if agreed.server_window_bits != 15 {
+            // A window narrower than the default (no browser asks for one): not shared.
+            return match deflate_frame(plain, params, agreed.server_window_bits) {
+                Some(packed) => (Some(packed), true),
+                None => (Some(plain.clone()), false),
+            };
+        }
+        let slot = &self.deflated[usize::from(ser == Serializer::V1)];
+        let mut compressed_now = false;
+        let packed = slot.get_or_init(|| {
+            compressed_now = true;
+            deflate_frame(plain, params, 15)
+        });
+        let frame = packed.as_ref().unwrap_or(plain).clone();
+        (Some(frame), compressed_now && packed.is_some())
     }
 }
 

@@ -152,10 +152,14 @@ pub fn check_upgrade(head: &RequestHead) -> UpgradeCheck {
     }
 }
 
-/// The 101 response completing a WebSocket upgrade.
-pub fn switching_protocols(accept: &str) -> Vec<u8> {
+/// The 101 response completing a WebSocket upgrade, with the extensions agreed (the value of
+/// `Sec-WebSocket-Extensions`), if any.
+pub fn switching_protocols(accept: &str, extensions: Option<&str>) -> Vec<u8> {
+    let extensions = extensions
+        .map(|e| format!("sec-websocket-extensions: {e}\r\n"))
+        .unwrap_or_default();
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n{extensions}\r\n"
     )
     .into_bytes()
 }

@@ -2,6 +2,7 @@
 //! so it can be unit- and property-tested in isolation.
 
 pub mod binary;
+pub mod deflate;
 pub mod http;
 pub mod phoenix;
 pub mod websocket;

@@ -80,6 +80,8 @@ pub struct WsDecoder {
     limits: DecoderLimits,
     /// A fragmented message being reassembled.
     fragments: Option<Fragmented>,
+    /// permessage-deflate was negotiated: a message's first frame may set RSV1 (compressed).
+    inflate: bool,
 }
 
 #[derive(Debug)]
@@ -88,6 +90,8 @@ struct Fragmented {
     data: BytesMut,
     /// Length of the prefix already known to be valid UTF-8 (text messages only).
     utf8_checked: usize,
+    /// The message is compressed (checked once inflated).
+    compressed: bool,
 }
 
 impl WsDecoder {
@@ -96,7 +100,15 @@ impl WsDecoder {
         WsDecoder {
             limits,
             fragments: None,
+            inflate: false,
         }
+    }
+
+    /// permessage-deflate was negotiated: compressed messages are inflated (bounded by the
+    /// message size limit).
+    pub fn with_inflate(mut self) -> Self {
+        self.inflate = true;
+        self
     }
 
     /// Bytes of a fragmented message held while its remaining fragments are awaited.
@@ -140,7 +152,8 @@ impl WsDecoder {
     }
 
     fn check_header(&self, header: &FrameHeader, len: u64) -> Result<(), WsViolation> {
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+        let starts_message = matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+        if (header.rsv1 && !(self.inflate && starts_message)) || header.rsv2 || header.rsv3 {
             return Err(violation(
                 close_code::PROTOCOL_ERROR,
                 "reserved bits set without an extension",
@@ -202,7 +215,7 @@ impl WsDecoder {
                     ));
                 };
                 frag.data.extend_from_slice(&payload);
-                if frag.kind == MessageKind::Text {
+                if frag.kind == MessageKind::Text && !frag.compressed {
                     check_utf8_prefix(frag, header.is_final)?;
                 }
                 if !header.is_final {
@@ -210,6 +223,9 @@ impl WsDecoder {
                 }
                 let frag = self.fragments.take().expect("fragment present");
                 let data = frag.data.freeze();
+                if frag.compressed {
+                    return self.inflated(frag.kind, &data).map(Some);
+                }
                 Ok(Some(match frag.kind {
                     MessageKind::Text => WsEvent::Text(data),
                     MessageKind::Binary => WsEvent::Binary(data),
@@ -227,6 +243,9 @@ impl WsDecoder {
                 } else {
                     MessageKind::Binary
                 };
+                if header.is_final && header.rsv1 {
+                    return self.inflated(kind, &payload).map(Some);
+                }
                 if header.is_final {
                     if kind == MessageKind::Text {
                         if simdutf8::basic::from_utf8(&payload).is_err() {
@@ -243,13 +262,35 @@ impl WsDecoder {
                     kind,
                     data: BytesMut::from(&payload[..]),
                     utf8_checked: 0,
+                    compressed: header.rsv1,
                 };
-                if kind == MessageKind::Text {
+                if kind == MessageKind::Text && !frag.compressed {
                     check_utf8_prefix(&mut frag, false)?;
                 }
                 self.fragments = Some(frag);
                 Ok(None)
             }
+        }
+    }
+
+    /// A whole compressed message, inflated within the message size limit.
+    fn inflated(&self, kind: MessageKind, data: &[u8]) -> Result<WsEvent, WsViolation> {
+        let data =
+            super::deflate::inflate(data, self.limits.max_message_size).map_err(|e| match e {
+                super::deflate::InflateError::TooBig => {
+                    violation(close_code::MESSAGE_TOO_BIG, "inflated message too big")
+                }
+                super::deflate::InflateError::Corrupt => {
+                    violation(close_code::INVALID_PAYLOAD, "invalid compressed data")
+                }
+            })?;
+        match kind {
+            MessageKind::Text if simdutf8::basic::from_utf8(&data).is_err() => Err(violation(
+                close_code::INVALID_PAYLOAD,
+                "text message is not UTF-8",
+            )),
+            MessageKind::Text => Ok(WsEvent::Text(data)),
+            MessageKind::Binary => Ok(WsEvent::Binary(data)),
         }
     }
 }

@@ -100,6 +100,10 @@ impl ServerConfig {
                 "websocket.close_timeout_ms must be > 0",
             ),
             (
+                self.websocket.deflate_level <= 9,
+                "websocket.deflate_level must be within 0..=9",
+            ),
+            (
                 self.websocket.max_request_head >= 512,
                 "websocket.max_request_head must be >= 512",
             ),
@@ -169,6 +173,12 @@ pub struct WebSocketConfig {
     pub write_timeout_ms: u64,
     /// Largest HTTP request head accepted during the upgrade.
     pub max_request_head: usize,
+    /// Negotiate permessage-deflate (RFC 7692) when a client offers it.
+    pub deflate: bool,
+    /// Messages shorter than this go uncompressed.
+    pub deflate_min_bytes: usize,
+    /// zlib compression level, 0 (none) to 9 (smallest).
+    pub deflate_level: u32,
 }
 
 impl Default for WebSocketConfig {
@@ -183,6 +193,9 @@ impl Default for WebSocketConfig {
             close_timeout_ms: 5_000,
             write_timeout_ms: 30_000,
             max_request_head: 8 * 1024,
+            deflate: true,
+            deflate_min_bytes: 256,
+            deflate_level: 1,
         }
     }
 }
@@ -191,6 +204,13 @@ impl WebSocketConfig {
     /// `handshake_timeout_ms` as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// How permessage-deflate compresses.
+    pub fn deflate_params(&self) -> crate::protocol::deflate::Params {
+        crate::protocol::deflate::Params {
+            min_bytes: self.deflate_min_bytes,
+            level: self.deflate_level,
+        }
     }
     /// `frame_timeout_ms` as a duration.
     pub fn frame_timeout(&self) -> Duration {

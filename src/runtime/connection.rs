@@ -14,6 +14,7 @@ use crate::core::socket::PhoenixSocket;
 use crate::core::{ConnId, ConnectInfo, Effect};
 use crate::ops::http_endpoints;
 use crate::ops::metrics::ShardMetrics;
+use crate::protocol::deflate::{self, Agreed};
 use crate::protocol::http::{
     check_upgrade, parse_request_head, response, switching_protocols, UpgradeCheck,
 };
@@ -80,13 +81,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             let _ = stream.write_all(&bytes).await;
             stream.shutdown_write();
         }
-        Route::Upgrade { accept, session } => {
-            if stream
-                .write_all(&switching_protocols(&accept))
-                .await
-                .is_ok()
-            {
-                run_session(shard, stream, buf, session).await;
+        Route::Upgrade {
+            accept,
+            session,
+            deflate,
+        } => {
+            let response = switching_protocols(&accept, deflate.as_ref().map(|(_, r)| r.as_str()));
+            if stream.write_all(&response).await.is_ok() {
+                let deflate = deflate.map(|(agreed, _)| agreed);
+                run_session(shard, stream, buf, session, deflate).await;
             }
         }
     }
@@ -95,8 +98,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 enum Route {
     /// A plain HTTP answer, then close.
     Respond(Vec<u8>),
-    /// Answer 101 with this accept key and run the session.
-    Upgrade { accept: String, session: Session },
+    /// Answer 101 with this accept key (and permessage-deflate's agreement and response
+    /// header, when negotiated) and run the session.
+    Upgrade {
+        accept: String,
+        session: Session,
+        deflate: Option<(Agreed, String)>,
+    },
 }
 
 /// Decides what a request head gets: `/health`, `/metrics`, a WebSocket session, or an error.
@@ -107,6 +115,11 @@ fn route(
 ) -> Route {
     let metrics = shard.metrics();
     let upgrade = check_upgrade(&head);
+    let deflate = head
+        .headers
+        .get("sec-websocket-extensions")
+        .filter(|_| shard.config.websocket.deflate)
+        .and_then(|offers| deflate::negotiate(offers));
     let text = |status: u16, body: &[u8]| Route::Respond(response(status, "text/plain", body));
     match (head.path.as_str(), upgrade) {
         ("/health", UpgradeCheck::NotUpgrade) => Route::Respond(http_endpoints::health(
@@ -141,6 +154,7 @@ fn route(
                         serializer,
                         assigns,
                     },
+                    deflate,
                 },
                 Err(refused) => {
                     ShardMetrics::inc(&metrics.connect_refused);
@@ -151,6 +165,7 @@ fn route(
         ("/echo", UpgradeCheck::Accept(accept)) if shard.config.echo_endpoint => Route::Upgrade {
             accept,
             session: Session::Echo,
+            deflate,
         },
         ("/socket/websocket" | "/echo", UpgradeCheck::Refuse(status, why)) => {
             ShardMetrics::inc(&metrics.handshake_failures);
@@ -196,6 +211,7 @@ async fn run_session(
     stream: Rc<SharedStream>,
     mut buf: BytesMut,
     session: Session,
+    deflate: Option<Agreed>,
 ) {
     let config = &shard.config;
     let conn_id = shard.next_conn_id();
@@ -206,7 +222,10 @@ async fn run_session(
         hard_factor: config.outbound.hard_limit_factor,
         batch_frames: config.outbound.write_batch_frames,
     }));
-    let shared = Rc::new(ConnShared::new(outbound.clone()));
+    let shared = Rc::new(ConnShared::new(
+        outbound.clone(),
+        deflate.map(|agreed| (agreed, config.websocket.deflate_params())),
+    ));
     shard.register(conn_id, &shared);
     let metrics = shard.metrics();
     ShardMetrics::inc(&metrics.connections);
@@ -249,6 +268,9 @@ async fn run_session(
         max_frame_size: config.websocket.max_frame_size,
         max_message_size: config.websocket.max_message_size,
     });
+    if deflate.is_some() {
+        decoder = decoder.with_inflate();
+    }
     let mut partial = PartialBytes::new(&shard);
     let mut frame_deadline: Option<glommio::timer::Timer> = None;
     let mut patience: Option<glommio::timer::Timer> = None;
@@ -613,7 +635,10 @@ impl Conn {
 
     fn echo(&self, kind: FrameKind, data: &[u8]) {
         let frame = self.shard.with_arena(|a| encode_frame(a, kind, data));
-        self.shared.outbound.push(frame);
+        let (_, compressed) = self.shared.send_own(frame);
+        if compressed {
+            ShardMetrics::inc(&self.shard.metrics().deflate_compressions);
+        }
     }
 
     /// Queues a close frame; the session ends after it.

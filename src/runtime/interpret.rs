@@ -10,6 +10,7 @@ use super::pubsub;
 use super::shard::Shard;
 use super::topics::Subscriber;
 use crate::core::{ConnAddr, ConnId, Effect, OwnerCtx, OwnerTask, Then, Topic};
+use crate::ops::metrics::ShardMetrics;
 use crate::protocol::phoenix::Serializer;
 use crate::protocol::websocket::encode_close;
 use std::cell::Cell;
@@ -42,7 +43,9 @@ pub async fn apply(
         match effect {
             Effect::Send(frame) => match &origin {
                 Some(conn) => {
-                    conn.shared.outbound.push(frame);
+                    if conn.shared.send_own(frame).1 {
+                        ShardMetrics::inc(&shard.metrics().deflate_compressions);
+                    }
                 }
                 None => tracing::error!("Effect::Send outside a connection dropped"),
             },

@@ -2,9 +2,13 @@
 //! tables and other tasks on the shard hold (through `Rc`) to reach it.
 
 use super::credit::Hold;
-use super::topics::Sink;
+use super::topics::{Delivered, Sink};
 use super::transport::outbound::{Delivery, Outbound, Pushed};
 use crate::core::socket::Info;
+use crate::core::Broadcast;
+use crate::protocol::deflate::{deflate_frame, Agreed, Params};
+use crate::protocol::phoenix::Serializer;
+use bytes::Bytes;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -16,6 +20,8 @@ pub struct ConnShared {
     pub outbound: Rc<Outbound>,
     mailbox: RefCell<VecDeque<Mail>>,
     shutdown: Cell<bool>,
+    /// permessage-deflate, when the connection negotiated it.
+    deflate: Option<(Agreed, Params)>,
 }
 
 /// What waits in a connection's mailbox, in arrival order.
@@ -28,13 +34,31 @@ pub(crate) enum Mail {
 }
 
 impl ConnShared {
-    /// A connection's shared half around its outbound queue.
-    pub fn new(outbound: Rc<Outbound>) -> ConnShared {
+    /// A connection's shared half around its outbound queue; `deflate` when it negotiated
+    /// permessage-deflate.
+    pub fn new(outbound: Rc<Outbound>, deflate: Option<(Agreed, Params)>) -> ConnShared {
         ConnShared {
             outbound,
             mailbox: RefCell::new(VecDeque::new()),
             shutdown: Cell::new(false),
+            deflate,
         }
+    }
+
+    /// Queues a frame meant for this connection alone (a reply, a push, an echo), compressed
+    /// first if it negotiated permessage-deflate and the frame is worth it. Returns (whether it
+    /// was taken, whether it was compressed).
+    pub fn send_own(&self, frame: Bytes) -> (bool, bool) {
+        let (frame, compressed) = match &self.deflate {
+            Some((agreed, params)) => {
+                match deflate_frame(&frame, params, agreed.server_window_bits) {
+                    Some(packed) => (packed, true),
+                    None => (frame, false),
+                }
+            }
+            None => (frame, false),
+        };
+        (self.outbound.push(frame), compressed)
     }
 
     /// Asks the connection to close with 1001 (server shutting down).
@@ -87,12 +111,23 @@ impl ConnShared {
 impl Sink for Rc<ConnShared> {
     fn deliver(
         &self,
-        frame: bytes::Bytes,
-        delivery: Delivery,
+        msg: &Broadcast,
+        serializer: Serializer,
         hold: Option<&Rc<Hold>>,
         now: Instant,
-    ) -> (bool, bool) {
-        let pushed = self.deliver_frame(frame, delivery, hold.cloned(), now);
-        (pushed.accepted(), pushed.dropped_one())
+    ) -> Delivered {
+        let (frame, compressed) = match &self.deflate {
+            Some((agreed, params)) => msg.deflated_frame_for(serializer, *agreed, params),
+            None => (msg.frame_for(serializer).cloned(), false),
+        };
+        let Some(frame) = frame else {
+            return Delivered::default();
+        };
+        let pushed = self.deliver_frame(frame, msg.delivery, hold.cloned(), now);
+        Delivered {
+            taken: pushed.accepted(),
+            gave_way: pushed.dropped_one(),
+            compressed,
+        }
     }
 }

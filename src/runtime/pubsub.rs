@@ -76,7 +76,8 @@ pub async fn publish(shard: &Shard, msg: Arc<Broadcast>, credit: Option<&Rc<Cred
 
 /// Hands `msg` to this shard's local subscribers, who hold `credit` until they have written it.
 pub(crate) fn deliver(shard: &Shard, msg: &Broadcast, credit: Option<&Rc<Credit>>) {
-    let (delivered, dropped) = shard.topics.borrow().deliver_local(msg, credit);
+    let (delivered, dropped, compressed) = shard.topics.borrow().deliver_local(msg, credit);
+    ShardMetrics::add(&shard.metrics().deflate_compressions, compressed);
     ShardMetrics::add(&shard.metrics().deliveries, delivered);
     ShardMetrics::add(&shard.metrics().frames_dropped_by_policy, dropped);
 }

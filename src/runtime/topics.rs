@@ -3,9 +3,8 @@
 //! so the table knows nothing about sockets.
 
 use super::credit::{Credit, Hold};
-use crate::core::{Broadcast, ConnId, Delivery, Topic};
+use crate::core::{Broadcast, ConnId, Topic};
 use crate::protocol::phoenix::Serializer;
-use bytes::Bytes;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -13,15 +12,26 @@ use std::time::Instant;
 
 /// What a subscriber handle does with a frame.
 pub trait Sink {
-    /// Queues `frame` at `now`, keeping the publisher's `hold` until it is written; returns
-    /// (whether it was taken, whether an older frame gave way).
+    /// Queues `msg`'s frame for `serializer` (compressed if the handle negotiated it) at `now`,
+    /// keeping the publisher's `hold` until it is written.
     fn deliver(
         &self,
-        frame: Bytes,
-        delivery: Delivery,
+        msg: &Broadcast,
+        serializer: Serializer,
         hold: Option<&Rc<Hold>>,
         now: Instant,
-    ) -> (bool, bool);
+    ) -> Delivered;
+}
+
+/// What a [`Sink`] did with a broadcast.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Delivered {
+    /// The frame was queued.
+    pub taken: bool,
+    /// An older frame gave way under the message's delivery policy.
+    pub gave_way: bool,
+    /// The frame was compressed for it (the first permessage-deflate subscriber of a message).
+    pub compressed: bool,
 }
 
 /// A connection subscribed to a topic on this shard.
@@ -93,28 +103,25 @@ impl<H: Sink> Topics<H> {
     }
 
     /// Queues `msg` to every local subscriber, each keeping a hold on `credit` (the
-    /// publisher's) until it has written the frame; returns how many took it and how many older
-    /// frames gave way under the message's delivery policy.
-    pub fn deliver_local(&self, msg: &Broadcast, credit: Option<&Rc<Credit>>) -> (u64, u64) {
+    /// publisher's) until it has written the frame; returns how many took it, how many older
+    /// frames gave way under the message's delivery policy, and how many compressions it took.
+    pub fn deliver_local(&self, msg: &Broadcast, credit: Option<&Rc<Credit>>) -> (u64, u64, u64) {
         let Some(entry) = self.local.get(&msg.topic) else {
-            return (0, 0);
+            return (0, 0, 0);
         };
         let now = Instant::now();
         let hold = credit.and_then(|c| msg.frame_for(Serializer::V2).map(|f| c.hold(f.len())));
-        let (mut delivered, mut dropped) = (0, 0);
+        let (mut delivered, mut dropped, mut compressed) = (0, 0, 0);
         for sub in &entry.subscribers {
             if Some(sub.conn_id) == msg.exclude || sub.gated.get() {
                 continue;
             }
-            if let Some(frame) = msg.frame_for(sub.serializer) {
-                let (taken, gave_way) =
-                    sub.handle
-                        .deliver(frame.clone(), msg.delivery, hold.as_ref(), now);
-                delivered += u64::from(taken);
-                dropped += u64::from(gave_way);
-            }
+            let d = sub.handle.deliver(msg, sub.serializer, hold.as_ref(), now);
+            delivered += u64::from(d.taken);
+            dropped += u64::from(d.gave_way);
+            compressed += u64::from(d.compressed);
         }
-        (delivered, dropped)
+        (delivered, dropped, compressed)
     }
 
     /// Lets broadcasts on `topic` reach a gated subscriber from now on.
