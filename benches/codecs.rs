@@ -3,6 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
+use shardcast::protocol::deflate;
 use shardcast::protocol::phoenix::{
     decode_binary, decode_text, encode, Outgoing, Payload, Serializer,
 };
@@ -123,5 +124,28 @@ fn main() {
             payload: &payload,
         };
         black_box(encode(Serializer::V1, &m, &mut arena).unwrap());
+    });
+
+    // permessage-deflate: a 900 B chat-history-like JSON frame, compressed once per broadcast.
+    let history: String = (0..12)
+        .map(|i| format!(r#"{{"id":{i},"user":"player{i}","body":"gg, rematch on map {i}?","at":1733100000{i}}},"#))
+        .collect();
+    let big = encode_frame(&mut arena, FrameKind::Text, history.as_bytes());
+    let params = deflate::Params {
+        min_bytes: 256,
+        level: 1,
+    };
+    let packed = deflate::deflate_frame(&big, &params, 15).expect("compressible");
+    println!(
+        "permessage-deflate: {} B frame -> {} B compressed (level 1)",
+        big.len(),
+        packed.len()
+    );
+    bench("deflate: compress 900 B JSON frame (level 1)", || {
+        black_box(deflate::deflate_frame(black_box(&big), &params, 15));
+    });
+    let body = packed.slice(if packed[1] & 0x7f == 126 { 4 } else { 2 }..);
+    bench("deflate: inflate it back", || {
+        black_box(deflate::inflate(black_box(&body), 1 << 20).unwrap());
     });
 }

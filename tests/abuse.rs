@@ -21,51 +21,9 @@ fn scale(short: usize, full: usize) -> usize {
     }
 }
 
-/// One masked client frame (text 0x1, binary 0x2) with a payload of `len` declared bytes, of
-/// which only `payload` is included (a header may announce more than it sends).
-fn client_frame(opcode: u8, declared: usize, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x80 | opcode];
-    match declared {
-        0..=125 => out.push(0x80 | declared as u8),
-        126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(declared as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(declared as u64).to_be_bytes());
-        }
-    }
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
-
-fn text_frame(text: &str) -> Vec<u8> {
-    client_frame(0x1, text.len(), text.as_bytes())
-}
-
-/// The raw TCP stream under a client, to write many frames in one `write`.
-fn raw(ws: &mut Ws) -> &mut TcpStream {
-    match ws.get_mut() {
-        tungstenite::stream::MaybeTlsStream::Plain(s) => s,
-        _ => unreachable!("tests use plain sockets"),
-    }
-}
-
-/// An upgraded socket on `/socket/websocket` that the test drives byte by byte.
-fn upgraded(addr: std::net::SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
-    s
+/// An upgraded Phoenix socket the test drives byte by byte.
+fn upgraded_socket(addr: std::net::SocketAddr) -> TcpStream {
+    upgraded(addr, "/socket/websocket?vsn=2.0.0", "").0
 }
 
 /// Reads a raw socket until the server's close frame; returns its code (None: closed without).
@@ -231,7 +189,7 @@ fn a_frame_trickled_byte_by_byte_is_closed_at_its_deadline() {
     // does not restart the frame's clock: it is closed (1008) at frame_timeout_ms.
     let server = TestServer::start(App::default(), |c| c.websocket.frame_timeout_ms = 500);
     let sockets = scale(20, 1000);
-    let mut trick: Vec<TcpStream> = (0..sockets).map(|_| upgraded(server.addr)).collect();
+    let mut trick: Vec<TcpStream> = (0..sockets).map(|_| upgraded_socket(server.addr)).collect();
     let frame = text_frame(r#"["1","1","echo:x","phx_join",{}]"#);
     let started = Instant::now();
     let mut sent = 0;
@@ -280,8 +238,8 @@ fn declared_frame_sizes_reserve_nothing_and_partial_bytes_are_bounded() {
     let before = vm_rss_kib();
     let mut held: Vec<TcpStream> = (0..sockets)
         .map(|_| {
-            let mut s = upgraded(server.addr);
-            s.write_all(&client_frame(0x1, 1 << 20, b"[")).unwrap();
+            let mut s = upgraded_socket(server.addr);
+            s.write_all(&client_frame(0x81, 1 << 20, b"[")).unwrap();
             s
         })
         .collect();
@@ -309,8 +267,8 @@ fn declared_frame_sizes_reserve_nothing_and_partial_bytes_are_bounded() {
     let chunk = vec![b'x'; 100 * 1024];
     let mut big: Vec<TcpStream> = (0..3)
         .map(|_| {
-            let mut s = upgraded(server.addr);
-            s.write_all(&client_frame(0x1, 1 << 20, &chunk)).unwrap();
+            let mut s = upgraded_socket(server.addr);
+            s.write_all(&client_frame(0x81, 1 << 20, &chunk)).unwrap();
             s
         })
         .collect();

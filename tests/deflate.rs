@@ -8,51 +8,21 @@ use shardcast::core::App;
 use shardcast::protocol::deflate::{compress, inflate};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
 const OFFER: &str = "permessage-deflate; client_max_window_bits";
 
 /// Upgrades a raw socket on `path`, offering `offer`; returns it and the response head.
 fn upgrade(addr: SocketAddr, path: &str, offer: Option<&str>) -> (TcpStream, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let ext = offer
         .map(|o| format!("Sec-WebSocket-Extensions: {o}\r\n"))
         .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    (s, head.to_ascii_lowercase())
+    upgraded(addr, path, &ext)
 }
 
-/// A masked client frame; `rsv1` marks it compressed.
-fn client_frame(opcode: u8, rsv1: bool, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x80 | if rsv1 { 0x40 } else { 0 } | opcode];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let mask = [1, 2, 3, 4];
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+/// A whole masked client frame; `rsv1` marks it compressed.
+fn frame(opcode: u8, rsv1: bool, payload: &[u8]) -> Vec<u8> {
+    let first = 0x80 | if rsv1 { 0x40 } else { 0 } | opcode;
+    client_frame(first, payload.len(), payload)
 }
 
 /// The next server frame: (first byte, payload).
@@ -93,8 +63,7 @@ fn read_message(s: &mut TcpStream) -> (bool, String) {
 
 fn join(s: &mut TcpStream, topic: &str) {
     let msg = format!(r#"["1","1","{topic}","phx_join",{{}}]"#);
-    s.write_all(&client_frame(1, false, msg.as_bytes()))
-        .unwrap();
+    s.write_all(&frame(1, false, msg.as_bytes())).unwrap();
     let (_, reply) = read_message(s);
     assert!(reply.contains(r#""status":"ok""#), "{reply}");
 }
@@ -109,31 +78,30 @@ fn an_offer_is_answered_and_messages_go_compressed_both_ways() {
     );
     let text = "the quick brown fox jumps over the lazy dog. ".repeat(50);
     // A compressed message in, the echo compressed out.
-    s.write_all(&client_frame(1, true, &compress(text.as_bytes(), 6, 15)))
+    s.write_all(&frame(1, true, &compress(text.as_bytes(), 6, 15)))
         .unwrap();
     assert_eq!(read_message(&mut s), (true, text.clone()));
     // A plain message in is fine too (compression is per message); the echo is compressed.
-    s.write_all(&client_frame(1, false, text.as_bytes()))
-        .unwrap();
+    s.write_all(&frame(1, false, text.as_bytes())).unwrap();
     assert_eq!(read_message(&mut s), (true, text));
     // Under deflate_min_bytes: not compressed.
-    s.write_all(&client_frame(1, true, &compress(b"short", 6, 15)))
+    s.write_all(&frame(1, true, &compress(b"short", 6, 15)))
         .unwrap();
     assert_eq!(read_message(&mut s), (false, "short".to_string()));
     // A compressed message split over fragments (RSV1 on the first only).
     let packed = compress("fragmented ".repeat(40).as_bytes(), 6, 15);
     let (a, b) = packed.split_at(packed.len() / 2);
-    let mut first = client_frame(1, true, a);
+    let mut first = frame(1, true, a);
     first[0] &= 0x7f; // not final
     s.write_all(&first).unwrap();
-    s.write_all(&client_frame(0, false, b)).unwrap();
+    s.write_all(&frame(0, false, b)).unwrap();
     assert_eq!(read_message(&mut s).1, "fragmented ".repeat(40));
 
     // Without an offer, or with deflate off, nothing is negotiated and RSV1 is a protocol error.
     let (mut plain, head) = upgrade(server.addr, "/echo", None);
     assert!(!head.contains("sec-websocket-extensions"), "{head}");
     plain
-        .write_all(&client_frame(1, true, &compress(b"x", 6, 15)))
+        .write_all(&frame(1, true, &compress(b"x", 6, 15)))
         .unwrap();
     let (b0, close) = read_frame(&mut plain);
     assert_eq!(
@@ -206,14 +174,13 @@ fn a_decompression_bomb_closes_with_1009_and_the_server_goes_on() {
     let (mut s, _) = upgrade(server.addr, "/echo", Some(OFFER));
     let bomb = compress(&vec![b'a'; 10 << 20], 9, 15);
     assert!(bomb.len() < 64 * 1024, "{} bytes on the wire", bomb.len());
-    s.write_all(&client_frame(1, true, &bomb)).unwrap();
+    s.write_all(&frame(1, true, &bomb)).unwrap();
     let (b0, close) = read_frame(&mut s);
     assert_eq!(
         (b0 & 0x0f, u16::from_be_bytes([close[0], close[1]])),
         (8, 1009)
     );
     let (mut next, _) = upgrade(server.addr, "/echo", Some(OFFER));
-    next.write_all(&client_frame(1, false, b"still here"))
-        .unwrap();
+    next.write_all(&frame(1, false, b"still here")).unwrap();
     assert_eq!(read_message(&mut next), (false, "still here".to_string()));
 }

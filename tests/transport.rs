@@ -267,3 +267,70 @@ fn graceful_shutdown_closes_clients_with_1001() {
     drop(ws);
     stopper.join().unwrap();
 }
+
+/// An idle connection holds no receive buffer (counted in `/metrics`), and frames queued
+/// together go out together: a burst of broadcasts takes far fewer writes than frames.
+#[test]
+fn idle_connections_hold_no_receive_buffer_and_writes_are_batched() {
+    let server = TestServer::start(App::default(), |_| {});
+    let url = server.url("/socket/websocket?vsn=2.0.0");
+    let mut members: Vec<Ws> = (0..20)
+        .map(|_| {
+            let mut ws = connect(&url);
+            join(&mut ws, "1", "echo:idle");
+            ws
+        })
+        .collect();
+    assert_eq!(
+        server.metric("receive_buffers"),
+        0,
+        "20 idle joined sockets"
+    );
+
+    // A socket with half a frame holds one, and only it.
+    let (mut half, _) = upgraded(server.addr, "/socket/websocket?vsn=2.0.0", "");
+    half.write_all(&client_frame(0x81, 1000, b"[\"1\""))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.metric("receive_buffers") != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never counted: {}",
+            server.metric("receive_buffers")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(half);
+
+    let (frames, writes) = (server.metric("frames_out"), server.metric("write_syscalls"));
+    let mut sender = connect(&url);
+    join(&mut sender, "1", "echo:idle");
+    let count = 200;
+    let mut burst = Vec::new();
+    for i in 0..count {
+        burst.extend(text_frame(&format!(
+            r#"["1","b{i}","echo:idle","broadcast",{{"i":{i}}}]"#
+        )));
+    }
+    raw(&mut sender).write_all(&burst).unwrap();
+    for ws in members.iter_mut().chain(std::iter::once(&mut sender)) {
+        let mut got = 0;
+        while got < count {
+            if recv_json(ws)[3] == "broadcast" {
+                got += 1;
+            }
+        }
+    }
+    let frames = server.metric("frames_out") - frames;
+    let writes = server.metric("write_syscalls") - writes;
+    assert!(frames >= 21 * count, "{frames} frames");
+    assert!(
+        writes * 8 <= frames,
+        "{frames} frames took {writes} writes: not batched"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.metric("receive_buffers") != 0 {
+        assert!(std::time::Instant::now() < deadline, "a buffer stayed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -45,6 +45,7 @@ shard_metrics! {
     frame_timeouts: "counter", "Connections closed (1008) for a frame or fragmented message not completed within frame_timeout_ms.";
     partial_budget_closes: "counter", "Connections closed (1013) because the shard's bytes held in unfinished frames reached max_partial_bytes_per_shard.";
     partial_bytes: "gauge", "Bytes held in unfinished frames and messages by this shard's sockets.";
+    receive_buffers: "gauge", "Connections holding a receive buffer (only while a frame is unfinished: an idle connection holds none).";
     accept_failures: "counter", "Failed accept calls (descriptor limit reached, among others).";
     connections_shed: "counter", "Connections accepted on the reserve descriptor and closed at once (HTTP 503) while at the descriptor limit.";
     protocol_errors: "counter", "Connections closed for a WebSocket or Phoenix protocol violation.";

@@ -327,7 +327,7 @@ async fn run_session(
         if read && unfinished && frame_deadline.is_none() {
             frame_deadline = Some(glommio::timer::Timer::new(config.websocket.frame_timeout()));
         }
-        if !partial.set(buf.len() + decoder.buffered()) {
+        if !partial.set(buf.len() + decoder.buffered(), buf.capacity()) {
             ShardMetrics::inc(&metrics.partial_budget_closes);
             conn.close(
                 close_code::TRY_AGAIN_LATER,
@@ -421,31 +421,51 @@ async fn run_session(
     writer.await;
 }
 
-/// This connection's share of the shard's bytes held in unfinished frames.
+/// This connection's share of the shard's bytes held in unfinished frames, and whether it holds
+/// a receive buffer at all (an idle one does not: both are gauges in `/metrics`).
 struct PartialBytes<'a> {
     shard: &'a Shard,
     held: usize,
+    has_buffer: bool,
 }
 
 impl<'a> PartialBytes<'a> {
     fn new(shard: &'a Shard) -> Self {
-        PartialBytes { shard, held: 0 }
+        PartialBytes {
+            shard,
+            held: 0,
+            has_buffer: false,
+        }
     }
 
-    /// Records that the connection now holds `held` bytes; false if that takes the shard past
-    /// its budget (the connection must close).
-    fn set(&mut self, held: usize) -> bool {
+    /// Records that the connection now holds `held` bytes in a buffer of `capacity`; false if
+    /// that takes the shard past its budget (the connection must close).
+    fn set(&mut self, held: usize, capacity: usize) -> bool {
         let grew = held > self.held;
         self.shard.adjust_partial_bytes(self.held, held);
         self.held = held;
+        self.set_has_buffer(capacity > 0);
         !grew
             || self.shard.partial_bytes() <= self.shard.config.websocket.max_partial_bytes_per_shard
+    }
+
+    fn set_has_buffer(&mut self, has: bool) {
+        if has != self.has_buffer {
+            self.has_buffer = has;
+            let gauge = &self.shard.metrics().receive_buffers;
+            if has {
+                ShardMetrics::inc(gauge);
+            } else {
+                ShardMetrics::dec(gauge);
+            }
+        }
     }
 }
 
 impl Drop for PartialBytes<'_> {
     fn drop(&mut self) {
         self.shard.adjust_partial_bytes(self.held, 0);
+        self.set_has_buffer(false);
     }
 }
 

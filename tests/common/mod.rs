@@ -484,3 +484,61 @@ impl Client {
         while self.ws.read().is_ok() {}
     }
 }
+
+// --- Raw frames, for tests that write what a client library would not ----------------------
+
+/// One masked client frame: `first` is the frame's first byte (FIN, RSV1 for a compressed
+/// message, opcode); the header declares `declared` payload bytes, of which only `payload` is
+/// included (a header may announce more than it sends).
+pub fn client_frame(first: u8, declared: usize, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    match declared {
+        0..=125 => out.push(0x80 | declared as u8),
+        126..=0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(declared as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(declared as u64).to_be_bytes());
+        }
+    }
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// A whole masked text frame.
+pub fn text_frame(text: &str) -> Vec<u8> {
+    client_frame(0x81, text.len(), text.as_bytes())
+}
+
+/// The raw TCP stream under a client, to write many frames in one `write`.
+pub fn raw(ws: &mut Ws) -> &mut TcpStream {
+    match ws.get_mut() {
+        MaybeTlsStream::Plain(s) => s,
+        _ => unreachable!("tests use plain sockets"),
+    }
+}
+
+/// A raw socket upgraded on `path` with `extra_headers` (each ending in CRLF); returns it and
+/// the response head, lower-cased.
+pub fn upgraded(addr: SocketAddr, path: &str, extra_headers: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    (s, head)
+}
