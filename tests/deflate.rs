@@ -128,6 +128,19 @@ fn a_broadcast_is_compressed_once_and_shared_by_every_subscriber() {
             s
         })
         .collect();
+    // Two that asked for a 10-bit window share one compression of their own.
+    let mut narrow: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let (mut s, head) = upgrade(
+                server.addr,
+                path,
+                Some("permessage-deflate; server_max_window_bits=10"),
+            );
+            assert!(head.contains("server_max_window_bits=10"), "{head}");
+            join(&mut s, "echo:z");
+            s
+        })
+        .collect();
     let mut plain = connect(&server.url(path));
     common::join(&mut plain, "1", "echo:z");
     let mut publisher = connect(&server.url(path));
@@ -158,10 +171,14 @@ fn a_broadcast_is_compressed_once_and_shared_by_every_subscriber() {
         body.as_str(),
         "the plain subscriber gets it plain"
     );
+    let narrow_frames: Vec<(u8, Vec<u8>)> = narrow.iter_mut().map(read_frame).collect();
+    assert_eq!(narrow_frames[0], narrow_frames[1]);
+    let narrow_text = inflate(&narrow_frames[0].1, 1 << 20).unwrap();
+    assert_eq!(&narrow_text[..], text.as_bytes());
     assert_eq!(
         server.metric("deflate_compressions") - before,
-        1,
-        "one compression for three subscribers"
+        2,
+        "one compression per window for five subscribers"
     );
 }
 

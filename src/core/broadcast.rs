@@ -41,9 +41,9 @@ pub struct Broadcast {
     v2: Option<Bytes>,
     /// The V1 frame, encoded by the first shard that has a V1 subscriber.
     v1: OnceLock<Option<Bytes>>,
-    /// The permessage-deflate forms (default 15-bit window), compressed by the first shard that
-    /// has such a subscriber and shared by all of them: `[V2, V1]`.
-    deflated: [OnceLock<Option<Bytes>>; 2],
+    /// The permessage-deflate forms, per protocol version (`[V2, V1]`) and window (9..=15 bits),
+    /// compressed by the first shard that has such a subscriber and shared by all of them.
+    deflated: [[OnceLock<Option<Bytes>>; 7]; 2],
 }
 
 impl Broadcast {
@@ -64,7 +64,7 @@ impl Broadcast {
             delivery: Delivery::Reliable,
             v2,
             v1: OnceLock::new(),
-            deflated: [OnceLock::new(), OnceLock::new()],
+            deflated: Default::default(),
         }
     }
 
@@ -96,9 +96,10 @@ impl Broadcast {
 
 impl Broadcast {
     /// The frame for a subscriber speaking `ser` that negotiated permessage-deflate as
-    /// `agreed`: compressed when that pays, else the plain frame. With the default window the
-    /// compression happens once for every such subscriber (on every shard); the bool says whether
-    /// this call did it.
+    /// `agreed`: compressed when that pays, else the plain frame. The compression (or the finding
+    /// that it does not pay) happens once per protocol version and window for every such
+    /// subscriber, on every shard (another shard asking meanwhile waits for it: microseconds);
+    /// the bool says whether this call compressed it.
     pub fn deflated_frame_for(
         &self,
         ser: Serializer,
@@ -108,18 +109,12 @@ impl Broadcast {
         let Some(plain) = self.frame_for(ser) else {
             return (None, false);
         };
-        if agreed.server_window_bits != 15 {
-            // A window narrower than the default (no browser asks for one): not shared.
-            return match deflate_frame(plain, params, agreed.server_window_bits) {
-                Some(packed) => (Some(packed), true),
-                None => (Some(plain.clone()), false),
-            };
-        }
-        let slot = &self.deflated[usize::from(ser == Serializer::V1)];
+        let bits = agreed.server_window_bits.clamp(9, 15);
+        let slot = &self.deflated[usize::from(ser == Serializer::V1)][usize::from(bits - 9)];
         let mut compressed_now = false;
         let packed = slot.get_or_init(|| {
             compressed_now = true;
-            deflate_frame(plain, params, 15)
+            deflate_frame(plain, params, bits)
         });
         let frame = packed.as_ref().unwrap_or(plain).clone();
         (Some(frame), compressed_now && packed.is_some())

@@ -38,7 +38,7 @@ shard_metrics! {
     write_syscalls: "counter", "Vectored write calls made to sockets.";
     broadcasts: "counter", "Broadcasts published from this shard.";
     deliveries: "counter", "Broadcast frames queued to subscribers on this shard.";
-    deflate_compressions: "counter", "Messages compressed (permessage-deflate): once per broadcast for all its subscribers on the shard that negotiated the same window, once per reply.";
+    deflate_compressions: "counter", "Messages compressed (permessage-deflate): once per broadcast and window for all its subscribers on every shard (counted where it happened), once per reply; attempts that did not pay are not counted.";
     frames_dropped_by_policy: "counter", "Queued frames replaced (latest value wins) or dropped (per-sender budget) for subscribers that were behind.";
     slow_consumer_disconnects: "counter", "Connections closed (1013) because their outbound backlog stayed behind past the timeout or reached the hard bound.";
     publisher_waits: "counter", "Times a reader waited for its subscribers to write its earlier broadcasts (publisher credit).";

@@ -99,6 +99,10 @@ thread_local! {
 
 /// The empty stored block a sync flush ends with; RFC 7692 §7.2.1 strips it.
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+/// An empty final block (fixed Huffman, end of block), fed after the tail: a message that ends
+/// on a block boundary, as a sync-flushed one does, then ends the stream; one cut off inside a
+/// block does not, and is refused.
+const FINAL: [u8; 2] = [0x03, 0x00];
 
 /// Compresses one message's payload (no context kept), as RFC 7692 §7.2.1 frames it.
 pub fn compress(payload: &[u8], level: u32, window_bits: u8) -> Vec<u8> {
@@ -213,7 +217,8 @@ pub fn inflate(data: &[u8], max: usize) -> Result<Bytes, InflateError> {
         d.reset(false);
         let mut out = Vec::new();
         let mut block = [0u8; 16 * 1024];
-        'inputs: for input in [data, &TAIL[..]] {
+        let mut ended = false;
+        'inputs: for input in [data, &TAIL[..], &FINAL[..]] {
             let mut pos = 0;
             loop {
                 let (before_in, before_out) = (d.total_in(), d.total_out());
@@ -228,7 +233,8 @@ pub fn inflate(data: &[u8], max: usize) -> Result<Bytes, InflateError> {
                 }
                 out.extend_from_slice(&block[..wrote]);
                 if status == Status::StreamEnd {
-                    // A final block (BFINAL): the message ends there.
+                    // A final block (the sender's own BFINAL, or ours): the message ends there.
+                    ended = true;
                     break 'inputs;
                 }
                 if pos == input.len() && wrote < block.len() {
@@ -238,6 +244,9 @@ pub fn inflate(data: &[u8], max: usize) -> Result<Bytes, InflateError> {
                     return Err(InflateError::Corrupt);
                 }
             }
+        }
+        if !ended {
+            return Err(InflateError::Corrupt);
         }
         Ok(Bytes::from(out))
     })
@@ -284,6 +293,14 @@ mod tests {
         assert_eq!(inflate(&packed, 1 << 20), Err(InflateError::TooBig));
         assert_eq!(inflate(&packed, 10 << 20).unwrap().len(), 10 << 20);
         assert_eq!(inflate(b"\xff\xff\xff", 100), Err(InflateError::Corrupt));
+        // Cut off inside a block: refused, not taken as a shorter message.
+        let text = compress("a message cut short ".repeat(50).as_bytes(), 6, 15);
+        assert_eq!(
+            inflate(&text[..text.len() / 2], 1 << 20),
+            Err(InflateError::Corrupt)
+        );
+        // An empty message is an empty stored block's remainder (RFC 7692 §7.2.3.6).
+        assert_eq!(inflate(&[0x00], 100).unwrap().len(), 0);
     }
 
     #[test]

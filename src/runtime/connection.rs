@@ -327,7 +327,8 @@ async fn run_session(
         if read && unfinished && frame_deadline.is_none() {
             frame_deadline = Some(glommio::timer::Timer::new(config.websocket.frame_timeout()));
         }
-        if !partial.set(buf.len() + decoder.buffered(), buf.capacity()) {
+        let held = buf.len() + decoder.buffered();
+        if !partial.set(held, buf.capacity() + decoder.buffered()) {
             ShardMetrics::inc(&metrics.partial_budget_closes);
             conn.close(
                 close_code::TRY_AGAIN_LATER,
