@@ -14,14 +14,7 @@ use std::rc::Rc;
 /// subscriber's queue at once.
 pub async fn run_delivery_inbox(shard: Rc<Shard>, inbox: flume::Receiver<ShardMsg>) {
     let credit = Credit::new(shard.config.outbound.publisher_credit_bytes);
-    loop {
-        credit
-            .room(shard.config.outbound.publisher_patience())
-            .await;
-        let Ok(msg) = inbox.recv_async().await else {
-            break;
-        };
-        ShardMetrics::inc(&shard.metrics().mesh_messages_in);
+    while let Some(msg) = next_under_credit(&shard, &credit, &inbox).await {
         match msg {
             ShardMsg::Broadcast(msg) => deliver(&shard, &msg, Some(&credit)),
             ShardMsg::ToConn(m) => shard.post_to_conn(m),
@@ -34,14 +27,7 @@ pub async fn run_delivery_inbox(shard: Rc<Shard>, inbox: flume::Receiver<ShardMs
 /// delivery inbox).
 pub async fn run_owner_inbox(shard: Rc<Shard>, inbox: flume::Receiver<OwnerMsg>) {
     let credit = Credit::new(shard.config.outbound.publisher_credit_bytes);
-    loop {
-        credit
-            .room(shard.config.outbound.publisher_patience())
-            .await;
-        let Ok(msg) = inbox.recv_async().await else {
-            break;
-        };
-        ShardMetrics::inc(&shard.metrics().mesh_messages_in);
+    while let Some(msg) = next_under_credit(&shard, &credit, &inbox).await {
         match msg {
             OwnerMsg::Subscribe {
                 topic,
@@ -64,4 +50,19 @@ pub async fn run_owner_inbox(shard: Rc<Shard>, inbox: flume::Receiver<OwnerMsg>)
             }
         }
     }
+}
+
+/// The next message of `inbox` once this inbox's earlier deliveries are written (or patience ran
+/// out), counted; `None` when every sender is gone.
+async fn next_under_credit<T>(
+    shard: &Shard,
+    credit: &Credit,
+    inbox: &flume::Receiver<T>,
+) -> Option<T> {
+    credit
+        .room(shard.config.outbound.publisher_patience())
+        .await;
+    let msg = inbox.recv_async().await.ok()?;
+    ShardMetrics::inc(&shard.metrics().mesh_messages_in);
+    Some(msg)
 }

@@ -358,7 +358,8 @@ impl Outbound {
     }
 
     /// Whether the queue is over its soft bounds (and since when).
-    pub fn behind_since(&self) -> Option<Instant> {
+    #[cfg(test)]
+    fn behind_since(&self) -> Option<Instant> {
         self.inner.borrow().behind_since
     }
 
