@@ -20,7 +20,9 @@
 //! - [`config`]: the configuration file, composing every section (TOML, `SHARDCAST_*`).
 //! - [`app`]: the application `shardcast serve` runs (`default_app`).
 
-#![forbid(unsafe_code)]
+// The one exception is the shard's socket ring (`runtime::transport::ring`): its unsafe blocks
+// say why they are sound.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 #[cfg(feature = "rooms")]
 pub mod app;

@@ -269,7 +269,8 @@ fn graceful_shutdown_closes_clients_with_1001() {
 }
 
 /// An idle connection holds no receive buffer (counted in `/metrics`), and frames queued
-/// together go out together: a burst of broadcasts takes far fewer writes than frames.
+/// together go out together: a burst of broadcasts takes far fewer sends than frames, and the
+/// sends of all its subscribers far fewer submissions (io_uring_enter calls) than sends.
 #[test]
 fn idle_connections_hold_no_receive_buffer_and_writes_are_batched() {
     let server = TestServer::start(App::default(), |_| {});
@@ -302,7 +303,11 @@ fn idle_connections_hold_no_receive_buffer_and_writes_are_batched() {
     }
     drop(half);
 
-    let (frames, writes) = (server.metric("frames_out"), server.metric("write_syscalls"));
+    let (frames, writes, submissions) = (
+        server.metric("frames_out"),
+        server.metric("write_syscalls"),
+        server.metric("write_submissions"),
+    );
     let mut sender = connect(&url);
     join(&mut sender, "1", "echo:idle");
     let count = 200;
@@ -323,14 +328,92 @@ fn idle_connections_hold_no_receive_buffer_and_writes_are_batched() {
     }
     let frames = server.metric("frames_out") - frames;
     let writes = server.metric("write_syscalls") - writes;
+    let submissions = server.metric("write_submissions") - submissions;
     assert!(frames >= 21 * count, "{frames} frames");
     assert!(
         writes * 8 <= frames,
         "{frames} frames took {writes} writes: not batched"
     );
+    assert!(
+        submissions > 0 && submissions * 4 <= writes,
+        "{writes} sends took {submissions} submissions: not one per turn"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while server.metric("receive_buffers") != 0 {
         assert!(std::time::Instant::now() < deadline, "a buffer stayed");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A session idle past `park_after_ms` is parked (no task: counted in `/metrics`) and carries on
+/// where it was at its next event — a message from its client, a broadcast from another
+/// member, the server's shutdown.
+#[test]
+fn idle_sessions_park_and_resume_on_their_next_event() {
+    let server = TestServer::start(App::default(), |c| c.websocket.park_after_ms = 50);
+    let url = server.url("/socket/websocket?vsn=2.0.0");
+    let mut members: Vec<Ws> = (0..10)
+        .map(|_| {
+            let mut ws = connect(&url);
+            join(&mut ws, "1", "echo:parked");
+            ws
+        })
+        .collect();
+    let parked_all = |want: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while server.metric("sessions_parked") != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} parked, expected {want}",
+                server.metric("sessions_parked")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    parked_all(10);
+
+    // A parked session's own client wakes it: the echo comes back.
+    send_text(
+        &mut members[0],
+        r#"["1","e1","echo:parked","echo",{"n":1}]"#,
+    );
+    let reply = recv_json(&mut members[0]);
+    assert_eq!(reply[1], "e1");
+    assert_eq!(reply[4]["response"]["n"], 1);
+
+    // A broadcast from it reaches the others while they stay parked (deliveries need no
+    // task), and each of them still answers its own client afterwards.
+    parked_all(10);
+    send_text(
+        &mut members[0],
+        r#"["1","b1","echo:parked","broadcast",{"hi":1}]"#,
+    );
+    for ws in members.iter_mut() {
+        loop {
+            let m = recv_json(ws);
+            if m[3] == "broadcast" {
+                assert_eq!(m[4]["hi"], 1);
+                break;
+            }
+        }
+    }
+    assert!(
+        server.metric("sessions_parked") >= 9,
+        "a delivery woke a parked session"
+    );
+    for (i, ws) in members.iter_mut().enumerate().skip(1) {
+        send_text(
+            ws,
+            &format!(r#"["1","e{i}","echo:parked","echo",{{"n":{i}}}]"#),
+        );
+        let reply = recv_json(ws);
+        assert_eq!(reply[4]["response"]["n"], i);
+    }
+    parked_all(10);
+
+    // Shutdown reaches parked sessions too: each gets its 1001.
+    server.shutdown();
+    for ws in members.iter_mut() {
+        assert_eq!(recv_close(ws), 1001);
     }
 }

@@ -54,7 +54,12 @@ impl JoinedTopics {
     fn insert(&mut self, topic: Topic, joined: Joined) {
         match self.position(&topic) {
             Some(i) => self.0[i].1 = joined,
-            None => self.0.push((topic, joined)),
+            None => {
+                // Most sockets join one or two topics: grow one at a time, not to four at once
+                // (an idle connection's memory is mostly what it keeps here).
+                self.0.reserve_exact(1);
+                self.0.push((topic, joined))
+            }
         }
     }
 

@@ -35,7 +35,9 @@ shard_metrics! {
     messages_in: "counter", "WebSocket data messages received.";
     frames_out: "counter", "WebSocket frames written.";
     bytes_out: "counter", "Bytes written to WebSocket connections.";
-    write_syscalls: "counter", "Vectored write calls made to sockets.";
+    write_syscalls: "counter", "Vectored sends (SENDMSG submissions) made to sockets.";
+    ring_wakeups: "counter", "Times the shard's socket ring woke its shard for completions that arrived after their submission (sends into full sockets, receives).";
+    write_submissions: "counter", "io_uring_enter calls that handed sends to the kernel: frames_out / write_submissions is frames per submission.";
     broadcasts: "counter", "Broadcasts published from this shard.";
     deliveries: "counter", "Broadcast frames queued to subscribers on this shard.";
     deflate_compressions: "counter", "Messages compressed (permessage-deflate): once per broadcast and window for all its subscribers on every shard (counted where it happened), once per reply; attempts that did not pay are not counted.";
@@ -45,6 +47,8 @@ shard_metrics! {
     frame_timeouts: "counter", "Connections closed (1008) for a frame or fragmented message not completed within frame_timeout_ms.";
     partial_budget_closes: "counter", "Connections closed (1013) because the shard's bytes held in unfinished frames reached max_partial_bytes_per_shard.";
     partial_bytes: "gauge", "Bytes held in unfinished frames and messages by this shard's sockets.";
+    sessions_parked: "gauge", "Sessions parked: idle, held as compact state with no task or future until their next event.";
+    receive_starved: "counter", "Receives that found the shard's shared receive buffers all taken (they resume as buffers come back).";
     receive_buffers: "gauge", "Connections holding a receive buffer (only while a frame is unfinished: an idle connection holds none).";
     accept_failures: "counter", "Failed accept calls (descriptor limit reached, among others).";
     connections_shed: "counter", "Connections accepted on the reserve descriptor and closed at once (HTTP 503) while at the descriptor limit.";

@@ -100,6 +100,10 @@ impl ServerConfig {
                 "websocket.close_timeout_ms must be > 0",
             ),
             (
+                self.websocket.park_after_ms > 0,
+                "websocket.park_after_ms must be > 0",
+            ),
+            (
                 self.websocket.deflate_level <= 9,
                 "websocket.deflate_level must be within 0..=9",
             ),
@@ -169,6 +173,9 @@ pub struct WebSocketConfig {
     pub idle_timeout_ms: u64,
     /// After the server sends a close frame, how long it waits for the client's close.
     pub close_timeout_ms: u64,
+    /// A session that has had no input for this long is parked: only its compact state stays
+    /// (no task), until its next event.
+    pub park_after_ms: u64,
     /// A socket that accepts no bytes for this long while output is pending is dropped.
     pub write_timeout_ms: u64,
     /// Largest HTTP request head accepted during the upgrade.
@@ -191,6 +198,7 @@ impl Default for WebSocketConfig {
             max_partial_bytes_per_shard: 128 << 20,
             idle_timeout_ms: 60_000,
             close_timeout_ms: 5_000,
+            park_after_ms: 1_000,
             write_timeout_ms: 30_000,
             max_request_head: 8 * 1024,
             deflate: true,
@@ -223,6 +231,10 @@ impl WebSocketConfig {
     /// `close_timeout_ms` as a duration.
     pub fn close_timeout(&self) -> Duration {
         Duration::from_millis(self.close_timeout_ms)
+    }
+    /// `park_after_ms` as a duration.
+    pub fn park_after(&self) -> Duration {
+        Duration::from_millis(self.park_after_ms)
     }
     /// `write_timeout_ms` as a duration.
     pub fn write_timeout(&self) -> Duration {

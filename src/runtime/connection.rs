@@ -1,14 +1,14 @@
 //! One connection on a shard, from TCP accept to close: the HTTP head (upgrade, `/health`,
 //! `/metrics`), then the WebSocket session. The reader task decodes frames, hands Phoenix
-//! messages to the socket state machine and carries out the effects it returns; a writer task
-//! drains the outbound queue.
+//! messages to the socket state machine and carries out the effects it returns; the outbound
+//! queue is written by the shard's socket ring (no writer task per connection).
 
 use super::credit::Credit;
 use super::interpret::{self, ConnOrigin};
 use super::mailbox::{ConnShared, Mail};
 use super::shard::Shard;
-use super::transport::outbound::{run_writer, Limits, Outbound};
-use super::transport::stream::SharedStream;
+use super::transport::outbound::{Limits, Outbound};
+use super::transport::ring::{Received, RecvHandle};
 use crate::core::ctx::{ConnState, Outbox, SharedAssigns};
 use crate::core::socket::PhoenixSocket;
 use crate::core::{ConnId, ConnectInfo, Effect};
@@ -22,22 +22,42 @@ use crate::protocol::phoenix::{decode_binary, decode_text, Serializer};
 use crate::protocol::websocket::{
     close_code, encode_close, encode_frame, DecoderLimits, FrameKind, WsDecoder, WsEvent,
 };
-use bytes::{Buf, BytesMut};
-use glommio::net::TcpStream;
-use std::io;
+use bytes::{Buf, Bytes, BytesMut};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
-/// Serves one accepted TCP connection to the end.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// Serves one accepted TCP connection to the end. Its bytes move through the shard's socket
+/// ring: reads land in the shard's shared receive buffers, writes go out in the ring's
+/// batched submissions.
+pub async fn serve(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
     let peer = stream.peer_addr().ok();
+    // The socket leaves glommio (whose stream keeps poll sources and timers per socket): the
+    // shard's ring does all its I/O.
+    let stream = match into_std(stream) {
+        Ok(stream) => stream,
+        Err(mut stream) => {
+            // No descriptor for the copy (at the limit): the client still gets an answer.
+            ShardMetrics::inc(&shard.metrics().connections_shed);
+            super::transport::listener::shed(&mut stream).await;
+            return;
+        }
+    };
     let _ = stream.set_nodelay(true);
-    let stream = Rc::new(SharedStream::new(stream));
     let ws = &shard.config.websocket;
-    stream.set_write_timeout(ws.write_timeout());
+    let config = &shard.config;
+    let outbound = Rc::new(Outbound::new(Limits {
+        max_frames: config.outbound.max_queued_frames,
+        max_bytes: config.outbound.max_queued_bytes,
+        behind_timeout: config.outbound.behind_timeout(),
+        hard_factor: config.outbound.hard_limit_factor,
+        batch_frames: config.outbound.write_batch_frames,
+    }));
+    outbound.attach(shard.ring.clone(), stream.as_raw_fd());
+    let recv = shard.ring.start_recv(stream.as_raw_fd());
     // The whole head must arrive within the timeout, counted from the accept: a client that
     // trickles a byte at a time does not restart it.
-    let deadline = std::time::Instant::now() + ws.handshake_timeout();
+    recv.set_deadline(Some(std::time::Instant::now() + ws.handshake_timeout()));
 
     let mut buf = BytesMut::new();
     let head = loop {
@@ -52,21 +72,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 } else {
                     400
                 };
-                let _ = stream
-                    .write_all(&response(status, "text/plain", e.to_string().as_bytes()))
-                    .await;
+                let answer = response(status, "text/plain", e.to_string().as_bytes());
+                respond_and_close(&outbound, answer).await;
                 return;
             }
         }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            ShardMetrics::inc(&shard.metrics().handshake_failures);
-            return;
-        }
-        stream.set_read_timeout(left);
-        match read_some(&shard, &stream, &mut buf).await {
-            Ok(n) if n > 0 => {}
-            _ => {
+        match recv.recv(&mut buf).await {
+            // (No park time is set before the session: `Idle` cannot come.)
+            Received::Data(_) | Received::Idle => {}
+            Received::Eof | Received::Error | Received::TimedOut => {
                 // Closed, failed, or silent past the handshake deadline.
                 ShardMetrics::inc(&shard.metrics().handshake_failures);
                 return;
@@ -76,23 +90,53 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     buf.advance(head.head_len);
     // `head` (headers, query strings) is dropped here, before the long-lived session.
     let route = route(&shard, head, peer);
+    recv.set_deadline(None);
     match route {
-        Route::Respond(bytes) => {
-            let _ = stream.write_all(&bytes).await;
-            stream.shutdown_write();
-        }
+        Route::Respond(bytes) => respond_and_close(&outbound, bytes).await,
         Route::Upgrade {
             accept,
             session,
             deflate,
         } => {
             let response = switching_protocols(&accept, deflate.as_ref().map(|(_, r)| r.as_str()));
-            if stream.write_all(&response).await.is_ok() {
-                let deflate = deflate.map(|(agreed, _)| agreed);
-                run_session(shard, stream, buf, session, deflate).await;
-            }
+            // The 101 goes out first; the session's frames queue behind it.
+            outbound.push(Bytes::from(response));
+            let deflate = deflate.map(|(agreed, _)| agreed);
+            let io = SessionIo {
+                outbound,
+                recv,
+                _stream: stream,
+            };
+            run_session(shard, io, buf, session, deflate).await;
         }
     }
+}
+
+/// Takes the socket out of glommio's stream (which has no `into_raw_fd`): a duplicate
+/// descriptor, the original closed. Gives the stream back if no descriptor is left for the copy.
+fn into_std(
+    stream: glommio::net::TcpStream,
+) -> Result<std::net::TcpStream, glommio::net::TcpStream> {
+    let copy = socket2::SockRef::from(&stream).try_clone();
+    match copy {
+        Ok(socket) => Ok(socket.into()),
+        Err(_) => Err(stream),
+    }
+}
+
+/// Writes a plain HTTP answer, shuts the write side down after it and waits until that is done
+/// (or the write failed or timed out).
+async fn respond_and_close(outbound: &Outbound, answer: Vec<u8>) {
+    outbound.close_with(Bytes::from(answer));
+    outbound.finished().await;
+}
+
+/// A session's socket: its outbound queue, its receive, and the descriptor both use (closed
+/// last, when this is dropped: the queue and the receive are cancelled first).
+struct SessionIo {
+    outbound: Rc<Outbound>,
+    recv: RecvHandle,
+    _stream: std::net::TcpStream,
 }
 
 enum Route {
@@ -102,7 +146,7 @@ enum Route {
     /// header, when negotiated) and run the session.
     Upgrade {
         accept: String,
-        session: Session,
+        session: SessionKind,
         deflate: Option<(Agreed, String)>,
     },
 }
@@ -150,7 +194,7 @@ fn route(
             match shard.app.connect(&info) {
                 Ok(assigns) => Route::Upgrade {
                     accept,
-                    session: Session::Phoenix {
+                    session: SessionKind::Phoenix {
                         serializer,
                         assigns,
                     },
@@ -164,7 +208,7 @@ fn route(
         }
         ("/echo", UpgradeCheck::Accept(accept)) if shard.config.echo_endpoint => Route::Upgrade {
             accept,
-            session: Session::Echo,
+            session: SessionKind::Echo,
             deflate,
         },
         ("/socket/websocket" | "/echo", UpgradeCheck::Refuse(status, why)) => {
@@ -178,7 +222,7 @@ fn route(
     }
 }
 
-enum Session {
+enum SessionKind {
     Phoenix {
         serializer: Serializer,
         assigns: SharedAssigns,
@@ -201,29 +245,28 @@ enum Wake {
     Patience,
     /// An unfinished frame's deadline passed.
     FrameTimeout,
+    /// No input for `park_after`: the session may park.
+    Idle,
 }
 
-/// Messages one connection may have handled before the others (and the writers) get a turn.
+/// Messages one connection may have handled before the others (and the shard's socket ring)
+/// get a turn...
 const MESSAGES_PER_TURN: usize = 64;
+/// ...or bytes of messages: a turn of large broadcasts must not queue megabytes per subscriber
+/// before any of it is written.
+const BYTES_PER_TURN: usize = 64 * 1024;
 
 async fn run_session(
     shard: Rc<Shard>,
-    stream: Rc<SharedStream>,
-    mut buf: BytesMut,
-    session: Session,
+    io: SessionIo,
+    buf: BytesMut,
+    session: SessionKind,
     deflate: Option<Agreed>,
 ) {
     let config = &shard.config;
     let conn_id = shard.next_conn_id();
-    let outbound = Rc::new(Outbound::new(Limits {
-        max_frames: config.outbound.max_queued_frames,
-        max_bytes: config.outbound.max_queued_bytes,
-        behind_timeout: config.outbound.behind_timeout(),
-        hard_factor: config.outbound.hard_limit_factor,
-        batch_frames: config.outbound.write_batch_frames,
-    }));
     let shared = Rc::new(ConnShared::new(
-        outbound.clone(),
+        io.outbound.clone(),
         deflate.map(|agreed| (agreed, config.websocket.deflate_params())),
     ));
     shard.register(conn_id, &shared);
@@ -231,19 +274,16 @@ async fn run_session(
     ShardMetrics::inc(&metrics.connections);
     ShardMetrics::inc(&metrics.connections_total);
 
-    let writer = {
-        let (shard, out, stream) = (shard.clone(), outbound.clone(), stream.clone());
-        glommio::spawn_local(async move { run_writer(out, stream, shard.metrics()).await })
-    };
-    stream.set_read_timeout(config.websocket.idle_timeout());
+    io.recv
+        .set_idle_timeout(Some(config.websocket.idle_timeout()));
+    io.recv.set_park_after(Some(config.websocket.park_after()));
 
-    let credit = Credit::new(config.outbound.publisher_credit_bytes);
-    let mut conn = Conn {
+    let conn = Conn {
         shard: shard.clone(),
         conn_id,
-        shared: shared.clone(),
+        shared,
         socket: match session {
-            Session::Phoenix {
+            SessionKind::Phoenix {
                 serializer,
                 assigns,
             } => Some(
@@ -258,11 +298,11 @@ async fn run_session(
                 )
                 .with_limits(config.channels),
             ),
-            Session::Echo => None,
+            SessionKind::Echo => None,
         },
         effects: Vec::new(),
         close_sent: false,
-        credit: credit.clone(),
+        credit: Credit::new(config.outbound.publisher_credit_bytes),
     };
     let mut decoder = WsDecoder::new(DecoderLimits {
         max_frame_size: config.websocket.max_frame_size,
@@ -271,167 +311,353 @@ async fn run_session(
     if deflate.is_some() {
         decoder = decoder.with_inflate();
     }
-    let mut partial = PartialBytes::new(&shard);
-    let mut frame_deadline: Option<glommio::timer::Timer> = None;
-    let mut patience: Option<glommio::timer::Timer> = None;
+    let state = Box::new(SessionState {
+        partial: PartialBytes::new(shard.clone()),
+        conn,
+        io,
+        buf,
+        decoder,
+        frame_deadline: None,
+        patience: None,
+    });
+    drive(state).await;
+}
 
-    'session: loop {
-        // Take what the buffer holds: a bounded number of messages per turn, and only while this
-        // connection's earlier broadcasts are being written (its credit).
-        let mut taken = 0;
-        while credit.has_room() {
-            match decoder.decode(&mut buf) {
-                Ok(Some(event)) => {
-                    if !conn.on_event(event).await {
+/// Everything a WebSocket session holds between events. A session idle for
+/// `websocket.park_after_ms` is *parked*: this box in its shard's table is then all that is left
+/// of it (no task, no future); the next event for it (input, mail, a failure, shutdown, a
+/// deadline) spawns a task that carries on from here.
+struct SessionState {
+    conn: Conn,
+    io: SessionIo,
+    buf: BytesMut,
+    decoder: WsDecoder,
+    partial: PartialBytes,
+    frame_deadline: Option<glommio::timer::Timer>,
+    patience: Option<glommio::timer::Timer>,
+}
+
+/// How a session's run ended.
+enum Outcome {
+    /// Idle with nothing pending: park it.
+    Park,
+    /// The session is over: tear it down.
+    End,
+}
+
+/// Runs a session until it parks or ends.
+async fn drive(mut state: Box<SessionState>) {
+    match state.run().await {
+        Outcome::Park => {
+            let waker = parking::waker(state.conn.conn_id);
+            // Every source of a next event wakes the parking waker, which resumes the session.
+            state.io.recv.register_waker(&waker);
+            state.conn.shared.outbound.register_reader(&waker);
+            ShardMetrics::inc(&state.conn.shard.metrics().sessions_parked);
+            parking::park(state);
+        }
+        Outcome::End => state.finish().await,
+    }
+}
+
+/// Resumes the parked sessions whose parking wakers fired (one task per shard).
+pub async fn run_resumer(shard: Rc<Shard>) {
+    loop {
+        let woken = parking::next_woken().await;
+        for conn_id in woken {
+            // None: a repeated wake of a session already resumed.
+            if let Some(state) = parking::unpark(conn_id) {
+                ShardMetrics::dec(&shard.metrics().sessions_parked);
+                glommio::spawn_local(drive(state)).detach();
+            }
+        }
+    }
+}
+
+/// Parked sessions and their wakers: a waker is a conn id, queued for the shard's resumer when
+/// woken. Both are the shard thread's own (thread-local) — every source of a session's events is
+/// on its shard's thread.
+mod parking {
+    use super::SessionState;
+    use crate::core::ConnId;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::task::{Poll, Wake, Waker};
+
+    #[derive(Default)]
+    struct Woken {
+        ids: Vec<ConnId>,
+        resumer: Option<Waker>,
+    }
+
+    thread_local! {
+        static WOKEN: RefCell<Woken> = RefCell::new(Woken::default());
+        static PARKED: RefCell<HashMap<ConnId, Box<SessionState>>> = RefCell::new(HashMap::new());
+    }
+
+    /// Keeps an idle session until its next event.
+    pub(super) fn park(state: Box<SessionState>) {
+        PARKED.with(|p| p.borrow_mut().insert(state.conn.conn_id, state));
+    }
+
+    /// Takes a parked session back (none if it is not parked: a repeated wake).
+    pub(super) fn unpark(conn_id: ConnId) -> Option<Box<SessionState>> {
+        PARKED.with(|p| p.borrow_mut().remove(&conn_id))
+    }
+
+    struct Parked(ConnId);
+
+    impl Wake for Parked {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            WOKEN.with(|w| {
+                let mut w = w.borrow_mut();
+                w.ids.push(self.0);
+                if let Some(r) = w.resumer.take() {
+                    r.wake();
+                }
+            });
+        }
+    }
+
+    /// The waker of parked session `conn_id`.
+    pub(super) fn waker(conn_id: ConnId) -> Waker {
+        Waker::from(Arc::new(Parked(conn_id)))
+    }
+
+    /// The sessions woken since the last call (possibly with repeats), once there are any.
+    pub(super) async fn next_woken() -> Vec<ConnId> {
+        std::future::poll_fn(|cx| {
+            WOKEN.with(|w| {
+                let mut w = w.borrow_mut();
+                if w.ids.is_empty() {
+                    w.resumer = Some(cx.waker().clone());
+                    Poll::Pending
+                } else {
+                    Poll::Ready(std::mem::take(&mut w.ids))
+                }
+            })
+        })
+        .await
+    }
+}
+
+impl SessionState {
+    /// Reads, decodes and handles messages and mail until the session parks or ends.
+    async fn run(&mut self) -> Outcome {
+        let SessionState {
+            conn,
+            io,
+            buf,
+            decoder,
+            partial,
+            frame_deadline,
+            patience,
+        } = self;
+        let shard = conn.shard.clone();
+        let config = &shard.config;
+        let metrics = shard.metrics();
+        let credit = conn.credit.clone();
+        let outbound = &io.outbound;
+        let recv = &io.recv;
+        let conn_id = conn.conn_id;
+        'session: loop {
+            // Take what the buffer holds: a bounded number of messages per turn, and only while
+            // this connection's earlier broadcasts are being written (its credit).
+            let mut taken = 0;
+            let mut taken_bytes = 0;
+            while credit.has_room() {
+                match decoder.decode(buf) {
+                    Ok(Some(event)) => {
+                        taken_bytes += match &event {
+                            WsEvent::Text(data) | WsEvent::Binary(data) => data.len(),
+                            _ => 0,
+                        };
+                        if !conn.on_event(event).await {
+                            break 'session;
+                        }
+                        // What the callback sent itself (`send_self`, owner answers that are
+                        // already here) is handled before the client's next message.
+                        conn.handle_mail().await;
+                        taken += 1;
+                        if taken_bytes >= BYTES_PER_TURN {
+                            // Ends the turn as the count bound does.
+                            taken = MESSAGES_PER_TURN;
+                        }
+                        if taken == MESSAGES_PER_TURN {
+                            // Let the other connections run before more of this one's input.
+                            glommio::executor().yield_now().await;
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(violation) => {
+                        tracing::debug!(conn = conn_id, %violation, "closing connection");
+                        ShardMetrics::inc(&metrics.protocol_errors);
+                        conn.close(violation.code, violation.reason);
                         break 'session;
                     }
-                    // What the callback sent itself (`send_self`, owner answers that are
-                    // already here) is handled before the client's next message.
-                    conn.handle_mail().await;
-                    taken += 1;
-                    if taken == MESSAGES_PER_TURN {
-                        // Let the writers and the other connections run before more of this
-                        // connection's input.
-                        glommio::executor().yield_now().await;
-                        break;
+                }
+            }
+            if credit.has_room() {
+                *patience = None;
+            }
+            glommio::yield_if_needed().await;
+            if buf.is_empty() && buf.capacity() > 0 {
+                // Idle connections hold no receive memory: reads land in the shard's buffers.
+                *buf = BytesMut::new();
+            }
+            let more_input_wanted = taken < MESSAGES_PER_TURN;
+            let read = credit.has_room() && more_input_wanted;
+            // An unfinished frame must be completed within its deadline, however slowly its
+            // bytes trickle in. The clock runs only while the server reads (holding the client
+            // back for credit is not the client being slow), and starts again with every
+            // message completed (a busy client's reads rarely end on a frame boundary) — except
+            // inside a fragmented message, which must end within it as a whole (interleaved
+            // pings do not restart it).
+            let unfinished = !buf.is_empty() || decoder.in_message();
+            if !read || !unfinished || (taken > 0 && !decoder.in_message()) {
+                *frame_deadline = None;
+            }
+            if read && unfinished && frame_deadline.is_none() {
+                *frame_deadline =
+                    Some(glommio::timer::Timer::new(config.websocket.frame_timeout()));
+            }
+            let held = buf.len() + decoder.buffered();
+            if !partial.set(held, buf.capacity() + decoder.buffered()) {
+                ShardMetrics::inc(&metrics.partial_budget_closes);
+                conn.close(
+                    close_code::TRY_AGAIN_LATER,
+                    "server busy: too much unfinished input",
+                );
+                break;
+            }
+            if !credit.has_room() && patience.is_none() {
+                ShardMetrics::inc(&metrics.publisher_waits);
+                *patience = Some(glommio::timer::Timer::new(
+                    config.outbound.publisher_patience(),
+                ));
+            }
+            if !more_input_wanted && credit.has_room() {
+                // The turn ended on the message bound: go on with the buffer first.
+                continue;
+            }
+            let wait = Waits {
+                read,
+                credit: &credit,
+                patience,
+                frame_deadline,
+            };
+            match next_wake(recv, &conn.shared, buf, wait).await {
+                Wake::Data | Wake::Credit => {}
+                Wake::Idle => {
+                    // Nothing pending (no input, mail, timer or credit wait): park.
+                    if !unfinished && frame_deadline.is_none() && patience.is_none() {
+                        return Outcome::Park;
                     }
                 }
-                Ok(None) => break,
-                Err(violation) => {
-                    tracing::debug!(conn = conn_id, %violation, "closing connection");
-                    ShardMetrics::inc(&metrics.protocol_errors);
-                    conn.close(violation.code, violation.reason);
-                    break 'session;
+                Wake::Patience => {
+                    // The subscribers holding this connection's frames are not keeping up:
+                    // they are judged on their own (they fall behind); this one goes on.
+                    credit.write_off();
+                    *patience = None;
                 }
+                Wake::Mail => conn.handle_mail().await,
+                Wake::IdleTimeout => {
+                    ShardMetrics::inc(&metrics.idle_timeouts);
+                    conn.close(close_code::GOING_AWAY, "idle timeout");
+                    break;
+                }
+                Wake::FrameTimeout => {
+                    ShardMetrics::inc(&metrics.frame_timeouts);
+                    conn.close(close_code::POLICY_VIOLATION, "frame not completed in time");
+                    break;
+                }
+                Wake::Shutdown => {
+                    conn.close(close_code::GOING_AWAY, "server shutting down");
+                    break;
+                }
+                Wake::OutboundFailed => {
+                    if outbound.is_slow_consumer() {
+                        ShardMetrics::inc(&metrics.slow_consumer_disconnects);
+                        tracing::info!(conn = conn_id, "slow consumer disconnected (1013)");
+                    }
+                    break;
+                }
+                Wake::Eof | Wake::ReadError => break,
+            }
+            if conn.close_sent {
+                break;
             }
         }
-        if credit.has_room() {
-            patience = None;
+        Outcome::End
+    }
+
+    /// Tears the session down: channels terminate, the closing handshake runs, the socket
+    /// closes.
+    async fn finish(self: Box<Self>) {
+        let SessionState {
+            mut conn,
+            io,
+            partial,
+            ..
+        } = *self;
+        drop(partial);
+        let shard = conn.shard.clone();
+        let config = &shard.config;
+        let metrics = shard.metrics();
+        let outbound = &io.outbound;
+        let recv = &io.recv;
+
+        // Channels terminate (their broadcasts, e.g. "user left", still go out) and unsubscribe.
+        conn.lend_effects();
+        if let Some(socket) = conn.socket.as_mut() {
+            shard.with_arena(|arena| {
+                socket.terminate_all(&mut Outbox {
+                    effects: &mut conn.effects,
+                    arena,
+                    now: super::now(),
+                })
+            });
+            conn.run_effects().await;
         }
-        glommio::yield_if_needed().await;
-        if buf.is_empty() && buf.capacity() > 0 {
-            // Idle connections hold no receive memory: reads land in the shard's scratch buffer.
-            buf = BytesMut::new();
-        }
-        let more_input_wanted = taken < MESSAGES_PER_TURN;
-        let read = credit.has_room() && more_input_wanted;
-        // An unfinished frame must be completed within its deadline, however slowly its bytes
-        // trickle in. The clock runs only while the server reads (holding the client back for
-        // credit is not the client being slow), and starts again with every message completed
-        // (a busy client's reads rarely end on a frame boundary) — except inside a fragmented
-        // message, which must end within it as a whole (interleaved pings do not restart it).
-        let unfinished = !buf.is_empty() || decoder.in_message();
-        if !read || !unfinished || (taken > 0 && !decoder.in_message()) {
-            frame_deadline = None;
-        }
-        if read && unfinished && frame_deadline.is_none() {
-            frame_deadline = Some(glommio::timer::Timer::new(config.websocket.frame_timeout()));
-        }
-        let held = buf.len() + decoder.buffered();
-        if !partial.set(held, buf.capacity() + decoder.buffered()) {
-            ShardMetrics::inc(&metrics.partial_budget_closes);
-            conn.close(
-                close_code::TRY_AGAIN_LATER,
-                "server busy: too much unfinished input",
-            );
-            break;
-        }
-        if !credit.has_room() && patience.is_none() {
-            ShardMetrics::inc(&metrics.publisher_waits);
-            patience = Some(glommio::timer::Timer::new(
-                config.outbound.publisher_patience(),
+        shard.unregister(conn.conn_id);
+        ShardMetrics::dec(&metrics.connections);
+
+        // A slow consumer still gets its 1013 close frame if it reads again within the timeout.
+        if (conn.close_sent && !outbound.failed()) || outbound.is_slow_consumer() {
+            // Closing handshake: the ring sends our close frame and then FIN; wait for the
+            // client's side to close (or the close timeout), discarding what it still sends.
+            recv.set_idle_timeout(None);
+            recv.set_park_after(None);
+            recv.set_deadline(Some(
+                std::time::Instant::now() + config.websocket.close_timeout(),
             ));
+            let mut buf = BytesMut::new();
+            while let Received::Data(_) = recv.recv(&mut buf).await {
+                buf.clear();
+            }
         }
-        if !more_input_wanted && credit.has_room() {
-            // The turn ended on the message bound: go on with the buffer first.
-            continue;
-        }
-        let wait = Waits {
-            read,
-            credit: &credit,
-            patience: &mut patience,
-            frame_deadline: &mut frame_deadline,
-        };
-        match next_wake(&shard, &stream, &shared, &mut buf, wait).await {
-            Wake::Data | Wake::Credit => {}
-            Wake::Patience => {
-                // The subscribers holding this connection's frames are not keeping up: they
-                // are judged on their own (they fall behind); this connection goes on.
-                credit.write_off();
-                patience = None;
-            }
-            Wake::Mail => conn.handle_mail().await,
-            Wake::IdleTimeout => {
-                ShardMetrics::inc(&metrics.idle_timeouts);
-                conn.close(close_code::GOING_AWAY, "idle timeout");
-                break;
-            }
-            Wake::FrameTimeout => {
-                ShardMetrics::inc(&metrics.frame_timeouts);
-                conn.close(close_code::POLICY_VIOLATION, "frame not completed in time");
-                break;
-            }
-            Wake::Shutdown => {
-                conn.close(close_code::GOING_AWAY, "server shutting down");
-                break;
-            }
-            Wake::OutboundFailed => {
-                if outbound.is_slow_consumer() {
-                    ShardMetrics::inc(&metrics.slow_consumer_disconnects);
-                    tracing::info!(conn = conn_id, "slow consumer disconnected (1013)");
-                }
-                break;
-            }
-            Wake::Eof | Wake::ReadError => break,
-        }
-        if conn.close_sent {
-            break;
-        }
+        // Sends still in flight are cancelled before the socket is closed (dropped) here.
+        outbound.abandon();
+        drop(io);
     }
-    drop(partial);
-
-    // Channels terminate (their broadcasts, e.g. "user left", still go out) and unsubscribe.
-    conn.lend_effects();
-    if let Some(socket) = conn.socket.as_mut() {
-        shard.with_arena(|arena| {
-            socket.terminate_all(&mut Outbox {
-                effects: &mut conn.effects,
-                arena,
-                now: super::now(),
-            })
-        });
-        conn.run_effects().await;
-    }
-    shard.unregister(conn_id);
-    ShardMetrics::dec(&metrics.connections);
-
-    // A slow consumer still gets its 1013 close frame if it reads again within the timeout.
-    if (conn.close_sent && !outbound.failed()) || outbound.is_slow_consumer() {
-        // Closing handshake: the writer sends our close frame and then FIN; wait for the
-        // client's side to close (or the close timeout), discarding what it still sends.
-        stream.set_read_timeout(config.websocket.close_timeout());
-        buf = BytesMut::new();
-        while let Ok(n) = read_some(&shard, &stream, &mut buf).await {
-            buf.clear();
-            if n == 0 {
-                break;
-            }
-        }
-    }
-    outbound.abandon();
-    writer.await;
 }
 
 /// This connection's share of the shard's bytes held in unfinished frames, and whether it holds
 /// a receive buffer at all (an idle one does not: both are gauges in `/metrics`).
-struct PartialBytes<'a> {
-    shard: &'a Shard,
+struct PartialBytes {
+    shard: Rc<Shard>,
     held: usize,
     has_buffer: bool,
 }
 
-impl<'a> PartialBytes<'a> {
-    fn new(shard: &'a Shard) -> Self {
+impl PartialBytes {
+    fn new(shard: Rc<Shard>) -> Self {
         PartialBytes {
             shard,
             held: 0,
@@ -463,31 +689,11 @@ impl<'a> PartialBytes<'a> {
     }
 }
 
-impl Drop for PartialBytes<'_> {
+impl Drop for PartialBytes {
     fn drop(&mut self) {
         self.shard.adjust_partial_bytes(self.held, 0);
         self.set_has_buffer(false);
     }
-}
-
-/// Reads once into `buf` through the shard's scratch buffer.
-async fn read_some(shard: &Shard, stream: &SharedStream, buf: &mut BytesMut) -> io::Result<usize> {
-    std::future::poll_fn(|cx| poll_read_into(shard, stream, cx, buf)).await
-}
-
-fn poll_read_into(
-    shard: &Shard,
-    stream: &SharedStream,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-) -> Poll<io::Result<usize>> {
-    shard.with_scratch(|scratch| match stream.poll_read(cx, scratch) {
-        Poll::Ready(Ok(n)) => {
-            buf.extend_from_slice(&scratch[..n]);
-            Poll::Ready(Ok(n))
-        }
-        other => other,
-    })
 }
 
 /// What the reader waits on besides mail and failures.
@@ -500,8 +706,7 @@ struct Waits<'a> {
 }
 
 async fn next_wake(
-    shard: &Shard,
-    stream: &SharedStream,
+    recv: &RecvHandle,
     shared: &ConnShared,
     buf: &mut BytesMut,
     wait: Waits<'_>,
@@ -535,15 +740,13 @@ async fn next_wake(
             }
             return Poll::Pending;
         }
-        match poll_read_into(shard, stream, cx, buf) {
-            Poll::Ready(Ok(0)) => Poll::Ready(Wake::Eof),
-            Poll::Ready(Ok(_)) => Poll::Ready(Wake::Data),
-            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                Poll::Ready(Wake::IdleTimeout)
-            }
-            Poll::Ready(Err(_)) => Poll::Ready(Wake::ReadError),
-            Poll::Pending => Poll::Pending,
-        }
+        recv.poll_recv(cx, buf).map(|received| match received {
+            Received::Data(_) => Wake::Data,
+            Received::Eof => Wake::Eof,
+            Received::TimedOut => Wake::IdleTimeout,
+            Received::Idle => Wake::Idle,
+            Received::Error => Wake::ReadError,
+        })
     })
     .await
 }

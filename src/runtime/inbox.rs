@@ -14,7 +14,8 @@ use std::rc::Rc;
 /// subscriber's queue at once.
 pub async fn run_delivery_inbox(shard: Rc<Shard>, inbox: flume::Receiver<ShardMsg>) {
     let credit = Credit::new(shard.config.outbound.publisher_credit_bytes);
-    while let Some(msg) = next_under_credit(&shard, &credit, &inbox).await {
+    let mut taken = 0;
+    while let Some(msg) = next_under_credit(&shard, &credit, &inbox, &mut taken).await {
         match msg {
             ShardMsg::Broadcast(msg) => deliver(&shard, &msg, Some(&credit)),
             ShardMsg::ToConn(m) => shard.post_to_conn(m),
@@ -27,7 +28,8 @@ pub async fn run_delivery_inbox(shard: Rc<Shard>, inbox: flume::Receiver<ShardMs
 /// delivery inbox).
 pub async fn run_owner_inbox(shard: Rc<Shard>, inbox: flume::Receiver<OwnerMsg>) {
     let credit = Credit::new(shard.config.outbound.publisher_credit_bytes);
-    while let Some(msg) = next_under_credit(&shard, &credit, &inbox).await {
+    let mut taken = 0;
+    while let Some(msg) = next_under_credit(&shard, &credit, &inbox, &mut taken).await {
         match msg {
             OwnerMsg::Subscribe {
                 topic,
@@ -52,13 +54,23 @@ pub async fn run_owner_inbox(shard: Rc<Shard>, inbox: flume::Receiver<OwnerMsg>)
     }
 }
 
+/// Messages an inbox handles before the rest of the shard (its socket ring among them) gets a
+/// turn: a busy mesh queue is always ready, so without this the inbox would never yield.
+const MESSAGES_PER_TURN: usize = 64;
+
 /// The next message of `inbox` once this inbox's earlier deliveries are written (or patience ran
 /// out), counted; `None` when every sender is gone.
 async fn next_under_credit<T>(
     shard: &Shard,
     credit: &Credit,
     inbox: &flume::Receiver<T>,
+    taken: &mut usize,
 ) -> Option<T> {
+    *taken += 1;
+    if *taken == MESSAGES_PER_TURN {
+        *taken = 0;
+        glommio::executor().yield_now().await;
+    }
     credit
         .room(shard.config.outbound.publisher_patience())
         .await;

@@ -3,6 +3,7 @@
 use super::config::ServerConfig;
 use super::shard::Shard;
 use super::transport::listener::accept_loop;
+use super::transport::ring::SocketRing;
 use super::{connection, inbox, mesh};
 use crate::core::App;
 use crate::ops::metrics::Metrics;
@@ -92,7 +93,36 @@ impl Server {
                         }
                     };
                     let drain_timeout = Duration::from_millis(config.shutdown_timeout_ms);
-                    let shard = Rc::new(Shard::new(id, config, app, senders, metrics));
+                    let ws = &config.websocket;
+                    // Deadlines are checked by the ring's sweeper: often enough for the
+                    // shortest of them to be kept within a quarter of itself.
+                    let shortest = [
+                        ws.write_timeout(),
+                        ws.idle_timeout(),
+                        ws.handshake_timeout(),
+                        ws.close_timeout(),
+                        ws.park_after(),
+                    ]
+                    .into_iter()
+                    .min()
+                    .unwrap_or_default();
+                    let tick =
+                        (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    let ring = match SocketRing::new(metrics.clone(), id, ws.write_timeout(), tick)
+                    {
+                        Ok(ring) => Rc::new(ring),
+                        Err(e) => {
+                            let _ = ready.send(Err(ServerError::Executor {
+                                shard: id,
+                                reason: format!("cannot set up the socket ring (io_uring): {e}"),
+                            }));
+                            return;
+                        }
+                    };
+                    glommio::spawn_local(ring.clone().run_flusher()).detach();
+                    glommio::spawn_local(ring.clone().run_completions()).detach();
+                    glommio::spawn_local(ring.clone().run_sweeper()).detach();
+                    let shard = Rc::new(Shard::new(id, config, app, senders, metrics, ring));
                     glommio::spawn_local(inbox::run_owner_inbox(shard.clone(), mesh_inbox.owner))
                         .detach();
                     glommio::spawn_local(inbox::run_delivery_inbox(
@@ -102,6 +132,7 @@ impl Server {
                     .detach();
                     let _ = ready.send(Ok(()));
                     drop(ready);
+                    glommio::spawn_local(connection::run_resumer(shard.clone())).detach();
                     let serving = shard.clone();
                     accept_loop(id, listener, stop_rx, shard.metrics(), move |stream| {
                         glommio::spawn_local(connection::serve(serving.clone(), stream)).detach();

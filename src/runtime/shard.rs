@@ -5,6 +5,7 @@ use super::config::ServerConfig;
 use super::mailbox::ConnShared;
 use super::mesh::{ConnMessage, MeshSenders};
 use super::topics::Topics;
+use super::transport::ring::SocketRing;
 use crate::core::socket::Info;
 use crate::core::{App, ConnId, Effect, OwnerStates};
 use crate::ops::metrics::{Metrics, ShardMetrics};
@@ -14,9 +15,6 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-/// Size of the shard's receive scratch buffer: every socket read lands here first, so an idle
-/// connection holds no receive buffer of its own.
-pub const SCRATCH_SIZE: usize = 64 * 1024;
 /// Chunk size of the shard's frame-encoding arena.
 const ARENA_CHUNK: usize = 64 * 1024;
 
@@ -36,9 +34,10 @@ pub struct Shard {
     pub topics: RefCell<Topics<Rc<ConnShared>>>,
     /// Owner-side state of the topics this shard owns.
     pub owner_states: RefCell<OwnerStates>,
+    /// The shard's io_uring for socket writes.
+    pub ring: Rc<SocketRing>,
     metrics: Arc<Metrics>,
     arena: RefCell<BytesMut>,
-    scratch: RefCell<Box<[u8]>>,
     connections: RefCell<HashMap<ConnId, Weak<ConnShared>>>,
     next_conn: Cell<u64>,
     draining: Cell<bool>,
@@ -56,6 +55,7 @@ impl Shard {
         app: App,
         mesh: MeshSenders,
         metrics: Arc<Metrics>,
+        ring: Rc<SocketRing>,
     ) -> Shard {
         Shard {
             id,
@@ -68,8 +68,8 @@ impl Shard {
                 getrandom::u64().unwrap_or(0x5eed ^ id as u64),
             )),
             metrics,
+            ring,
             arena: RefCell::new(BytesMut::with_capacity(ARENA_CHUNK)),
-            scratch: RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice()),
             connections: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
             draining: Cell::new(false),
@@ -122,10 +122,6 @@ impl Shard {
     /// Bytes this shard's sockets hold in unfinished frames.
     pub fn partial_bytes(&self) -> usize {
         self.partial_bytes.get()
-    }
-
-    pub fn with_scratch<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        f(&mut self.scratch.borrow_mut())
     }
 
     /// An empty effect buffer for one callback (reused, so callbacks do not allocate one).
@@ -211,6 +207,7 @@ impl Shard {
         self.connections.borrow().len()
     }
 
+    /// Whether the shard is draining (new sessions refused, open ones asked to close).
     pub fn is_draining(&self) -> bool {
         self.draining.get()
     }

@@ -53,19 +53,14 @@ pub async fn accept_loop(
                 }
                 if out_of_descriptors && reserve.take().is_some() {
                     // The reserve's descriptor is free now: the waiting connection gets it.
-                    if let Ok(Ok(mut shed)) =
+                    if let Ok(Ok(mut waiting)) =
                         glommio::timer::timeout(Duration::from_millis(100), async {
                             Ok(listener.accept().await)
                         })
                         .await
                     {
                         ShardMetrics::inc(&metrics.connections_shed);
-                        // A moment in all: a trickling client must not hold the accept loop.
-                        let _ = glommio::timer::timeout(Duration::from_millis(200), async {
-                            shed_one(&mut shed).await;
-                            Ok(())
-                        })
-                        .await;
+                        shed(&mut waiting).await;
                     }
                     reserve = open_reserve();
                 } else {
@@ -79,6 +74,16 @@ pub async fn accept_loop(
             Next::Stop => return,
         }
     }
+}
+
+/// Answers a connection the shard has no descriptor for 503 and closes it, within a moment in
+/// all (a trickling client must not hold the caller).
+pub async fn shed(stream: &mut TcpStream) {
+    let _ = glommio::timer::timeout(Duration::from_millis(200), async {
+        shed_one(stream).await;
+        Ok(())
+    })
+    .await;
 }
 
 /// Answers a shed connection 503 and closes it without losing the answer: closing with the

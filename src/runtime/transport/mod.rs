@@ -4,4 +4,6 @@
 
 pub mod listener;
 pub mod outbound;
+#[allow(unsafe_code)]
+pub mod ring;
 pub mod stream;

@@ -1,8 +1,10 @@
-//! A connection's outbound queue and its writer.
+//! A connection's outbound queue.
 //!
-//! Frames are `Bytes` — usually shared with every other subscriber of the same broadcast — and
-//! the writer sends up to `write_batch_frames` of them per vectored `sendmsg`, so one syscall
-//! carries many messages.
+//! Frames are `Bytes` — usually shared with every other subscriber of the same broadcast. A
+//! queue with frames waiting is scheduled on its shard's [`SocketRing`], which sends up to
+//! `write_batch_frames` of them per vectored `SENDMSG`, the sends of every connection in one
+//! submission; at most one send per connection is in flight, and the frames it carries can no
+//! longer be replaced or dropped.
 //!
 //! **Slow consumers** are judged by how far behind they stay, over time — not by the size of one
 //! burst the server produced in one turn. A queue over its soft bounds (frames or bytes) is
@@ -18,7 +20,7 @@
 //! a `Latest(key)` frame replaces a not-yet-started queued frame with the same key (latest value
 //! wins), so real-time streams never grow the queue with the publish rate.
 
-use super::stream::SharedStream;
+use super::ring::{SendOp, SendQueue, SocketRing, MAX_BATCH};
 pub use crate::core::Delivery;
 use crate::ops::metrics::ShardMetrics;
 use crate::protocol::websocket::{close_code, encode_close};
@@ -26,9 +28,9 @@ use crate::runtime::credit::Hold;
 use bytes::{Bytes, BytesMut};
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::os::fd::RawFd;
+use std::rc::{Rc, Weak};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 /// What [`Outbound::push_with`] did.
@@ -79,7 +81,7 @@ enum State {
     /// A close frame is queued last; nothing more is accepted. The writer shuts the write side
     /// down after it.
     Closing,
-    /// Finished (written the close frame, failed, or abandoned): the writer exits.
+    /// Finished (written the close frame, failed, or abandoned): nothing more is sent.
     Done,
 }
 
@@ -121,14 +123,35 @@ struct Inner {
     slow_consumer: bool,
     /// Since when the queue has been over its soft bounds.
     behind_since: Option<Instant>,
-    writer: Option<Waker>,
+    /// Waiting in the ring's list for its next submission.
+    scheduled: bool,
+    /// The ring slot of the send in flight, if any.
+    sending: Option<usize>,
+    /// Frames at the head that the send in flight carries.
+    in_flight: usize,
     reader: Option<Waker>,
+}
+
+impl Inner {
+    /// Queued frames from this index on may still be replaced or dropped: the ones before are
+    /// being written.
+    fn first_free(&self) -> usize {
+        self.in_flight.max(usize::from(self.head_written > 0))
+    }
+}
+
+/// Where a queue's frames go: its socket, through the shard's ring.
+struct Io {
+    ring: Rc<SocketRing>,
+    fd: RawFd,
+    me: Weak<Outbound>,
 }
 
 /// One connection's outbound queue, shared by its writer task and everything that sends to it.
 pub struct Outbound {
     inner: RefCell<Inner>,
     limits: Limits,
+    io: RefCell<Option<Io>>,
 }
 
 impl Outbound {
@@ -143,10 +166,42 @@ impl Outbound {
                 failed: false,
                 slow_consumer: false,
                 behind_since: None,
-                writer: None,
+                scheduled: false,
+                sending: None,
+                in_flight: 0,
                 reader: None,
             }),
             limits,
+            io: RefCell::new(None),
+        }
+    }
+
+    /// Connects the queue to its socket `fd` (which must outlive the queue's sends, or be
+    /// abandoned first) through the shard's ring; frames queued from now on are written.
+    pub fn attach(self: &Rc<Self>, ring: Rc<SocketRing>, fd: RawFd) {
+        *self.io.borrow_mut() = Some(Io {
+            ring,
+            fd,
+            me: Rc::downgrade(self),
+        });
+        let mut inner = self.inner.borrow_mut();
+        self.kick(&mut inner);
+    }
+
+    /// Schedules the queue on its ring when it has something to send and no send in flight.
+    fn kick(&self, inner: &mut Inner) {
+        if inner.scheduled || inner.sending.is_some() {
+            return;
+        }
+        let wants = !inner.frames.is_empty() || inner.state == State::Closing;
+        if !wants {
+            return;
+        }
+        if let Some(io) = self.io.borrow().as_ref() {
+            if let Some(me) = io.me.upgrade() {
+                inner.scheduled = true;
+                io.ring.schedule(me);
+            }
         }
     }
 
@@ -171,7 +226,7 @@ impl Outbound {
             return Pushed::Refused;
         }
         // Frames already being written cannot be replaced or dropped.
-        let first_free = usize::from(inner.head_written > 0);
+        let first_free = inner.first_free();
         let mut outcome = Pushed::Queued;
         match delivery {
             Delivery::Reliable => {}
@@ -247,15 +302,13 @@ impl Outbound {
             delivery,
             hold,
         });
-        if let Some(w) = inner.writer.take() {
-            w.wake();
-        }
+        self.kick(&mut inner);
         outcome
     }
 
     fn overflow(&self, inner: &mut Inner) {
-        // Keep a partly written head frame so the peer never sees a torn frame.
-        let keep = usize::from(inner.head_written > 0);
+        // Keep the frames being written so the peer never sees a torn frame.
+        let keep = inner.first_free();
         inner.frames.truncate(keep);
         if let Some(head) = inner.frames.front_mut() {
             head.hold = None;
@@ -271,12 +324,10 @@ impl Outbound {
         inner.state = State::Closing;
         inner.failed = true;
         inner.slow_consumer = true;
-        for w in [inner.writer.take(), inner.reader.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(w) = inner.reader.take() {
             w.wake();
         }
+        self.kick(inner);
     }
 
     /// Queues a close frame as the last frame. Returns false if closing had already begun.
@@ -292,20 +343,21 @@ impl Outbound {
         inner.queued_bytes += frame.len();
         inner.frames.push_back(Queued::reliable(frame));
         inner.state = State::Closing;
-        if let Some(w) = inner.writer.take() {
-            w.wake();
-        }
+        self.kick(&mut inner);
         true
     }
 
-    /// Stops the writer now, dropping whatever is queued.
+    /// Stops writing now, dropping whatever is queued; a send in flight is cancelled (it
+    /// holds the socket open in the kernel until then).
     pub fn abandon(&self) {
         let mut inner = self.inner.borrow_mut();
         inner.state = State::Done;
         inner.frames.clear();
         inner.queued_bytes = 0;
-        if let Some(w) = inner.writer.take() {
-            w.wake();
+        if let Some(slot) = inner.sending {
+            if let Some(io) = self.io.borrow().as_ref() {
+                io.ring.cancel(slot);
+            }
         }
     }
 
@@ -328,6 +380,20 @@ impl Outbound {
     pub fn queued(&self) -> (usize, usize) {
         let inner = self.inner.borrow();
         (inner.frames.len(), inner.queued_bytes)
+    }
+
+    /// Waits until nothing more will be sent: the close frame (or answer) is written and the
+    /// write side shut down, or the queue failed or was abandoned.
+    pub async fn finished(&self) {
+        std::future::poll_fn(|cx| {
+            let mut inner = self.inner.borrow_mut();
+            if inner.state == State::Done {
+                return std::task::Poll::Ready(());
+            }
+            inner.reader = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// The reader registers here to learn about failures.
@@ -396,97 +462,73 @@ impl Outbound {
         }
         done
     }
+}
 
-    /// Runs one non-blocking vectored send of the queue's head.
-    fn try_send(&self, stream: &SharedStream) -> io::Result<usize> {
-        let inner = self.inner.borrow();
-        let mut iov: [IoSlice<'_>; 64] = [IoSlice::new(&[]); 64];
-        let mut count = 0;
-        let batch = self.limits.batch_frames.min(iov.len());
+impl SendQueue for Outbound {
+    /// The socket this queue writes to (-1 before [`attach`](Outbound::attach)).
+    fn fd(&self) -> RawFd {
+        self.io.borrow().as_ref().map_or(-1, |io| io.fd)
+    }
+
+    /// Called by the ring: fills `op` with the head of the queue. False when there is nothing
+    /// to send; a closing queue whose last frame is written shuts the socket's write side
+    /// down here (the peer reads end of stream after our close frame).
+    fn prepare_send(&self, op: &mut SendOp) -> bool {
+        let mut inner = self.inner.borrow_mut();
+        inner.scheduled = false;
+        if inner.state == State::Done || inner.sending.is_some() {
+            return false;
+        }
+        if inner.frames.is_empty() {
+            if inner.state == State::Closing {
+                inner.state = State::Done;
+                super::ring::shutdown_write(self.fd());
+                if let Some(w) = inner.reader.take() {
+                    w.wake();
+                }
+            }
+            return false;
+        }
+        let batch = self.limits.batch_frames.clamp(1, MAX_BATCH);
         for (i, q) in inner.frames.iter().take(batch).enumerate() {
             let start = if i == 0 { inner.head_written } else { 0 };
-            iov[count] = IoSlice::new(&q.bytes[start..]);
-            count += 1;
+            op.push(&q.bytes, start);
         }
-        stream.try_send_vectored(&iov[..count])
+        inner.in_flight = op.len();
+        true
     }
-}
 
-enum WriterWake {
-    Work,
-    Finished,
-}
+    /// Called by the ring once the send is submitted in `slot`.
+    fn sending(&self, slot: usize) {
+        self.inner.borrow_mut().sending = Some(slot);
+    }
 
-/// The writer task of one connection: drains the queue in vectored batches until the close frame
-/// is written, the queue is abandoned, or the socket fails.
-pub async fn run_writer(
-    out: std::rc::Rc<Outbound>,
-    stream: std::rc::Rc<SharedStream>,
-    metrics: &ShardMetrics,
-) {
-    loop {
-        let wake = std::future::poll_fn(|cx: &mut Context<'_>| {
-            let mut inner = out.inner.borrow_mut();
+    /// Called by the ring with the send's result (bytes written, or `-errno`).
+    fn complete_send(&self, result: i32, now: Instant, metrics: &ShardMetrics) {
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.sending = None;
+            inner.in_flight = 0;
             if inner.state == State::Done {
-                return Poll::Ready(WriterWake::Finished);
+                return;
             }
-            if !inner.frames.is_empty() {
-                return Poll::Ready(WriterWake::Work);
-            }
-            if inner.state == State::Closing {
-                return Poll::Ready(WriterWake::Finished);
-            }
-            inner.writer = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await;
-        if let WriterWake::Finished = wake {
-            break;
         }
-        match out.try_send(&stream) {
-            Ok(n) => {
-                let frames = out.consume(n, Instant::now());
-                ShardMetrics::inc(&metrics.write_syscalls);
+        match result {
+            n if n > 0 => {
+                let frames = self.consume(n as usize, now);
                 ShardMetrics::add(&metrics.frames_out, frames as u64);
                 ShardMetrics::add(&metrics.bytes_out, n as u64);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // The socket buffer is full: wait (through glommio) until it takes bytes again.
-                let result = std::future::poll_fn(|cx| {
-                    {
-                        let mut inner = out.inner.borrow_mut();
-                        if inner.state == State::Done || inner.frames.is_empty() {
-                            return Poll::Ready(Ok(0));
-                        }
-                        inner.writer = Some(cx.waker().clone());
-                    }
-                    let inner = out.inner.borrow();
-                    stream.poll_write(cx, &inner.frames[0].bytes[inner.head_written..])
-                })
-                .await;
-                match result {
-                    Ok(n) => {
-                        let frames = out.consume(n, Instant::now());
-                        ShardMetrics::add(&metrics.frames_out, frames as u64);
-                        ShardMetrics::add(&metrics.bytes_out, n as u64);
-                    }
-                    Err(_) => {
-                        out.fail();
-                        break;
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => {
-                out.fail();
-                break;
+            e if e == -libc::EINTR || e == -libc::EAGAIN => {}
+            _ => {
+                // The socket failed, or a send sat past the write timeout and was cancelled.
+                self.fail();
+                return;
             }
         }
+        let mut inner = self.inner.borrow_mut();
+        self.kick(&mut inner);
     }
-    if out.inner.borrow().state == State::Closing {
-        out.inner.borrow_mut().state = State::Done;
-    }
-    stream.shutdown_write();
 }
 
 #[cfg(test)]

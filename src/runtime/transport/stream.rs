@@ -1,4 +1,4 @@
-//! A glommio TCP stream shared by a connection's reader and writer tasks.
+//! A glommio TCP stream shared by a connection's reader and the shard's socket ring.
 //!
 //! glommio sockets are readiness-based (a non-blocking syscall first, an io_uring poll when it
 //! would block), so the read side and the write side register separate wakers. Each task borrows
@@ -65,6 +65,12 @@ impl SharedStream {
     /// Makes a write that waits longer than `dur` fail with `TimedOut`; errors are ignored.
     pub fn set_write_timeout(&self, dur: Duration) {
         let _ = self.inner.borrow().set_write_timeout(Some(dur));
+    }
+
+    /// The socket's descriptor (the shard's ring writes to it).
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.inner.borrow().as_raw_fd()
     }
 
     /// Shuts the write side down (the peer reads end of stream); errors are ignored.

@@ -48,6 +48,9 @@ pub(crate) fn run_idle(args: &Args, server: SocketAddr) -> anyhow::Result<RunRes
     std::thread::sleep(Duration::from_secs(1));
     let during = pid.as_deref().and_then(rss_bytes);
     std::thread::sleep(Duration::from_secs_f64(args.duration.max(1.0) - 1.0));
+    // Again at the end of the hold: by then the server has parked its idle sessions (compact
+    // state, no task), which is what an idle connection costs for as long as it stays idle.
+    let settled = pid.as_deref().and_then(rss_bytes);
     release.wait();
     let failed: u64 = driver.join().expect("driver").into_iter().sum();
     let held = n as u64 - failed;
@@ -59,11 +62,13 @@ pub(crate) fn run_idle(args: &Args, server: SocketAddr) -> anyhow::Result<RunRes
         server_rss_bytes: during,
         ..Default::default()
     };
-    match (before, during) {
-        (Some(b), Some(d)) if held > 0 => {
+    match (before, during, settled) {
+        (Some(b), Some(d), Some(s)) if held > 0 => {
             let per = (d.saturating_sub(b)) as f64 / held as f64;
-            r.notes.push(format!("server RSS {b} -> {d} bytes with {held} connections held: {per:.0} bytes/connection"));
-            println!("idle: {held} connections held ({failed} failed); server RSS {:.1} MiB -> {:.1} MiB = {per:.0} bytes per connection", b as f64 / 1048576.0, d as f64 / 1048576.0);
+            let per_settled = (s.saturating_sub(b)) as f64 / held as f64;
+            r.server_rss_bytes = Some(s);
+            r.notes.push(format!("server RSS {b} -> {d} bytes with {held} connections held: {per:.0} bytes/connection; {s} bytes ({per_settled:.0} bytes/connection) at the end of the hold"));
+            println!("idle: {held} connections held ({failed} failed); server RSS {:.1} MiB -> {:.1} MiB = {per:.0} bytes per connection 1 s after the last join; {:.1} MiB = {per_settled:.0} bytes per connection after {:.0} s idle", b as f64 / 1048576.0, d as f64 / 1048576.0, s as f64 / 1048576.0, args.duration);
         }
         _ => println!(
             "idle: {held} connections held ({failed} failed); pass --server-pid to measure RSS"
