@@ -1,6 +1,7 @@
 //! Socket I/O on a shard, knowing nothing of shards, topics or channels: the accept loop
-//! ([`listener`]), the TCP stream a connection's reader and writer share ([`stream`]), and the
-//! bounded outbound queue with its batching writer ([`outbound`]).
+//! ([`listener`]), the bounded outbound queue ([`outbound`]), and the shard's own io_uring that
+//! writes those queues and receives into shared buffers ([`ring`]). [`stream`] is a glommio
+//! stream shared by two tasks, which the load harness still writes through.
 
 pub mod listener;
 pub mod outbound;

@@ -172,7 +172,6 @@ impl Ops {
 struct BufRing {
     /// Page-aligned entries shared with the kernel.
     entries: *mut types::BufRingEntry,
-    layout: std::alloc::Layout,
     data: Box<[u8]>,
     /// Our copy of the ring's tail.
     tail: u16,
@@ -194,7 +193,6 @@ impl BufRing {
         }
         let mut ring = BufRing {
             entries,
-            layout,
             data: vec![0u8; usize::from(RECV_BUFFERS) * RECV_BUFFER_SIZE].into_boxed_slice(),
             tail: 0,
             free: 0,
@@ -235,9 +233,9 @@ impl BufRing {
 impl Drop for BufRing {
     fn drop(&mut self) {
         // The kernel may still write into buffers of receives it is tearing down, and read
-        // entries: leak both rather than free memory it could touch (this is shard exit).
+        // entries: leak both (the entries are never freed) rather than free memory it could
+        // touch (this is shard exit).
         std::mem::forget(std::mem::take(&mut self.data));
-        let _ = self.layout;
     }
 }
 
@@ -390,14 +388,6 @@ impl RecvHandle {
             r.waker = Some(waker.clone());
             r.parked = true;
         });
-    }
-
-    /// Whether shared buffers are held for this connection (received, not yet copied out).
-    pub fn holds_buffers(&self) -> bool {
-        let mut held = false;
-        self.ring
-            .with_receiver(self.slot, |r| held = r.held_count() > 0);
-        held
     }
 }
 
@@ -933,11 +923,6 @@ impl SocketRing {
             }
         }
     }
-
-    /// Sends in flight (for tests and metrics).
-    pub fn in_flight(&self) -> usize {
-        self.ops.borrow().in_flight
-    }
 }
 
 /// Refuses kernels older than 6.0 (no multishot receive), with a message that says so.
@@ -965,5 +950,82 @@ impl Drop for SocketRing {
         for op in self.ops.get_mut().slots.drain(..).flatten() {
             std::mem::forget(op);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receiver() -> Receiver {
+        Receiver {
+            generation: 0,
+            fd: -1,
+            state: RecvState::Off,
+            held: [(0, 0); MAX_HELD],
+            held_len: 0,
+            overflow: Vec::new(),
+            end: None,
+            starved: false,
+            waker: None,
+            last_input_ms: 0,
+            idle_ms: 0,
+            deadline_ms: u64::MAX,
+            timed_out: false,
+            park_after_ms: 0,
+            idle_due: false,
+            parked: false,
+        }
+    }
+
+    #[test]
+    fn held_buffers_come_back_in_arrival_order_past_the_pause_bound() {
+        let mut r = receiver();
+        for bid in 0..(MAX_HELD as u16 + 3) {
+            r.hold(bid, 100 + bid);
+        }
+        assert_eq!(r.held_count(), MAX_HELD + 3);
+        assert!(!r.wants_arming(), "full: paused until read");
+        let back: Vec<_> = r.take_held().collect();
+        assert_eq!(
+            back,
+            (0..(MAX_HELD as u16 + 3))
+                .map(|b| (b, 100 + b))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(r.held_count(), 0);
+        assert!(r.wants_arming(), "read: receive again");
+        r.starved = true;
+        assert!(!r.wants_arming(), "no buffers: wait for one");
+        r.starved = false;
+        r.end = Some(Received::Eof);
+        assert!(!r.wants_arming(), "ended");
+    }
+
+    #[test]
+    fn the_buffer_ring_offers_every_buffer_once_and_takes_them_back() {
+        let mut ring = BufRing::new().expect("allocates");
+        assert_eq!(ring.free, usize::from(RECV_BUFFERS));
+        assert_eq!(ring.tail, RECV_BUFFERS);
+        fn entry(ring: &BufRing, i: usize) -> &types::BufRingEntry {
+            assert!(i < usize::from(RECV_BUFFERS));
+            // SAFETY: `i` is inside the entries' allocation, which lives as long as `ring`.
+            unsafe { &*ring.entries.add(i) }
+        }
+        for i in [0, 1, usize::from(RECV_BUFFERS) - 1] {
+            assert_eq!(entry(&ring, i).bid() as usize, i);
+            assert_eq!(entry(&ring, i).len() as usize, RECV_BUFFER_SIZE);
+            assert_eq!(
+                entry(&ring, i).addr(),
+                ring.data[i * RECV_BUFFER_SIZE..].as_ptr() as u64
+            );
+        }
+        // The kernel took buffer 7 and filled 5 bytes of it; it goes back at the next slot.
+        ring.free -= 1;
+        ring.data[7 * RECV_BUFFER_SIZE..7 * RECV_BUFFER_SIZE + 5].copy_from_slice(b"hello");
+        assert_eq!(ring.bytes(7, 5), b"hello");
+        ring.provide(7);
+        assert_eq!(ring.free, usize::from(RECV_BUFFERS));
+        assert_eq!(entry(&ring, 0).bid(), 7, "wrapped to the first entry");
     }
 }

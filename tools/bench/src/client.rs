@@ -1,11 +1,17 @@
 //! A deliberately small WebSocket + Phoenix V2 client for load generation: it must cost less per
 //! message than the server it measures. Frames are sent with a zero mask key (legal, and no XOR
-//! pass); received frames are parsed in place from 64 KiB reads, many per syscall.
+//! pass); received frames are parsed in place. Subscribers receive through the load thread's
+//! socket ring (shardcast's own: multishot receives, completions reaped in batches), as the
+//! server does, so the harness is not the one paying a syscall per read.
 
+use bytes::{Buf, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use shardcast::runtime::transport::ring::{Received, RecvHandle, SocketRing};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::Duration;
 
 pub struct WsClient {
@@ -216,63 +222,56 @@ impl WsClient {
         Ok(self.try_frame().expect("checked complete"))
     }
 
-    /// Splits off a writer half: the same socket, written from another task while this one reads.
-    pub fn into_shared(self) -> SharedClient {
+    /// Splits off a writer half (the same socket, written from another task) and receives
+    /// through the load thread's socket ring from now on.
+    pub fn into_shared(self, ring: &Rc<SocketRing>) -> SharedClient {
+        let recv = ring.start_recv(self.stream.as_raw_fd());
+        // Wakes the reader now and then while nothing arrives, so it can see the run end.
+        recv.set_idle_timeout(Some(Duration::from_millis(50)));
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        buf.extend_from_slice(&self.buf[self.start..self.end]);
         SharedClient {
-            stream: std::rc::Rc::new(shardcast::runtime::transport::stream::SharedStream::new(
+            recv,
+            stream: Rc::new(shardcast::runtime::transport::stream::SharedStream::new(
                 self.stream,
             )),
-            buf: self.buf,
-            start: self.start,
-            end: self.end,
+            buf,
         }
     }
 }
 
-/// A client whose socket is shared by a reader task and a writer task.
+/// A client whose socket is written by a writer task (through glommio) and read through the
+/// load thread's socket ring.
 pub struct SharedClient {
-    pub stream: std::rc::Rc<shardcast::runtime::transport::stream::SharedStream>,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    /// Declared first: the receive is cancelled before the socket closes.
+    recv: RecvHandle,
+    pub stream: Rc<shardcast::runtime::transport::stream::SharedStream>,
+    buf: BytesMut,
 }
 
 impl SharedClient {
-    /// Reads once into the buffer; `Ok(false)` on a read timeout.
-    pub async fn fill(&mut self) -> io::Result<bool> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            if self.end == self.buf.len() {
-                let n = self.buf.len();
-                self.buf.resize(n * 2, 0);
-            }
-        }
-        let (stream, buf) = (&self.stream, &mut self.buf[self.end..]);
-        match std::future::poll_fn(|cx| stream.poll_read(cx, buf)).await {
-            Ok(0) => Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "server closed the connection",
-            )),
-            Ok(n) => {
-                self.end += n;
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(false),
-            Err(e) => Err(e),
-        }
+    /// Appends what has arrived; `Ok(false)` when nothing arrived for a while.
+    pub fn poll_fill(&mut self, cx: &std::task::Context<'_>) -> std::task::Poll<io::Result<bool>> {
+        self.recv
+            .poll_recv(cx, &mut self.buf)
+            .map(|received| match received {
+                Received::Data(_) => Ok(true),
+                Received::TimedOut | Received::Idle => Ok(false),
+                Received::Eof => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "server closed the connection",
+                )),
+                Received::Error => Err(io::Error::other("receive failed")),
+            })
     }
 
     /// Calls `f` on every complete buffered frame.
     pub fn drain_frames(&mut self, mut f: impl FnMut(Frame<'_>)) {
+        let mut start = 0;
         loop {
-            let avail = &self.buf[self.start..self.end];
+            let avail = &self.buf[start..];
             if avail.len() < 2 {
-                return;
+                break;
             }
             let (hlen, len) = match avail[1] & 0x7f {
                 126 if avail.len() >= 4 => (4, u16::from_be_bytes([avail[2], avail[3]]) as usize),
@@ -280,20 +279,21 @@ impl SharedClient {
                     10,
                     u64::from_be_bytes(avail[2..10].try_into().unwrap()) as usize,
                 ),
-                126 | 127 => return,
+                126 | 127 => break,
                 n => (2, n as usize),
             };
             if avail.len() < hlen + len {
-                return;
+                break;
             }
             let opcode = avail[0] & 0x0f;
-            let s = self.start + hlen;
-            self.start += hlen + len;
+            let s = start + hlen;
+            start += hlen + len;
             f(Frame {
                 opcode,
                 payload: &self.buf[s..s + len],
             });
         }
+        self.buf.advance(start);
     }
 }
 

@@ -4,8 +4,12 @@
 use crate::stats::{cpu_seconds, rss_bytes, RunResult};
 use crate::{Args, Scenario};
 use glommio::{LocalExecutorBuilder, Placement};
+use shardcast::ops::metrics::Metrics;
+use shardcast::runtime::transport::ring::SocketRing;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Instant;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The minting key, set once in `main` when --mint is given.
 pub(crate) static MINTER: std::sync::OnceLock<shardcast::features::auth::Authenticator> =
@@ -148,6 +152,7 @@ pub(crate) fn cpu_finish(args: &Args, c: &Cpu, r: &mut RunResult) {
     let wall = c.started.elapsed().as_secs_f64();
     if let (Some(a), Some(b)) = (c.harness, cpu_seconds("self")) {
         r.harness_cpu_percent = (b - a) / wall * 100.0;
+        r.harness_bound = r.harness_cpu_percent / args.threads.max(1) as f64 > 90.0;
     }
     if let (Some(a), Some(b)) = (
         c.server,
@@ -156,6 +161,22 @@ pub(crate) fn cpu_finish(args: &Args, c: &Cpu, r: &mut RunResult) {
         r.server_cpu_percent = Some((b - a) / wall * 100.0);
     }
     r.server_rss_bytes = args.server_pid.and_then(|p| rss_bytes(&p.to_string()));
+}
+
+/// A load thread's socket ring: the harness receives as it asks the server to (multishot
+/// receives into shared buffers, completions reaped in batches), so that it costs less per
+/// message than the server it measures. Its tasks run on the calling executor.
+pub(crate) fn socket_ring() -> std::io::Result<Rc<SocketRing>> {
+    let ring = Rc::new(SocketRing::new(
+        Arc::new(Metrics::new(1)),
+        0,
+        Duration::from_secs(30),
+        Duration::from_millis(10),
+    )?);
+    glommio::spawn_local(ring.clone().run_flusher()).detach();
+    glommio::spawn_local(ring.clone().run_completions()).detach();
+    glommio::spawn_local(ring.clone().run_sweeper()).detach();
+    Ok(ring)
 }
 
 /// Setup failures end the run with a clear message (a refused upgrade usually means the server

@@ -76,6 +76,9 @@ pub struct RunResult {
     pub delivered_per_sec: f64,
     pub latency: Latency,
     pub harness_cpu_percent: f64,
+    /// The harness's cores were above 90 % busy: the figures may be the harness's, not the
+    /// server's.
+    pub harness_bound: bool,
     pub server_cpu_percent: Option<f64>,
     pub server_rss_bytes: Option<u64>,
     pub notes: Vec<String>,
@@ -118,6 +121,9 @@ pub fn print_result(r: &RunResult) {
         r.harness_cpu_percent,
         r.server_cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
     );
+    if r.harness_bound {
+        println!("         note: HARNESS-BOUND (its cores were above 90 % busy): this result may measure the harness, not the server");
+    }
     for n in &r.notes {
         println!("         note: {n}");
     }

@@ -6,11 +6,11 @@ use crate::setup::*;
 use crate::stats::{histogram, now_ns, print_result, Latency, RunResult};
 use crate::{Args, Scenario};
 use hdrhistogram::Histogram;
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 #[derive(Clone)]
@@ -126,13 +126,14 @@ pub(crate) fn run_pubsub(
                 path.clone(),
             );
             async move {
+                let ring = socket_ring().expect("the load thread's socket ring (io_uring)");
                 let hist = Rc::new(std::cell::RefCell::new(histogram()));
                 let mut conns = Vec::new();
                 for (i, role) in roles.iter().enumerate().filter(|(i, _)| i % threads == t) {
                     let topic = format!("{}bench{}", args.topic_prefix, role.topic_index);
                     match connect(server, source_ip(&args, i), &conn_path(&path, i)).await {
                         Ok(mut c) => match c.join(&topic).await {
-                            Ok(()) => conns.push((role.clone(), topic, c.into_shared())),
+                            Ok(()) => conns.push((role.clone(), topic, c.into_shared(&ring))),
                             Err(e) => {
                                 eprintln!("join failed: {e}");
                                 shared.errors.fetch_add(1, Relaxed);
@@ -147,8 +148,9 @@ pub(crate) fn run_pubsub(
                 barrier.wait();
                 let start = Instant::now();
                 let mut tasks = Vec::new();
+                let mut readers = Vec::new();
                 for (role, topic, client) in conns {
-                    let (shared, hist) = (shared.clone(), hist.clone());
+                    let shared = shared.clone();
                     if role.publisher {
                         let writer = client.stream.clone();
                         let (shared_w, event) = (shared.clone(), args.event.clone());
@@ -170,15 +172,15 @@ pub(crate) fn run_pubsub(
                             .await;
                         }));
                     }
-                    tasks.push(glommio::spawn_local(read_deliveries(
-                        client,
-                        shared,
-                        hist,
-                        role.clone(),
-                        start,
-                        publish_for,
-                    )));
+                    readers.push((role, client));
                 }
+                tasks.push(glommio::spawn_local(read_all_deliveries(
+                    readers,
+                    shared.clone(),
+                    hist.clone(),
+                    start,
+                    publish_for,
+                )));
                 for task in tasks {
                     task.await;
                 }
@@ -311,47 +313,68 @@ pub(crate) async fn publish(
     }
 }
 
-/// Reads a connection's frames, recording publish-to-delivery latency of broadcasts, until the
-/// run is over and everything expected has arrived (or a drain timeout passes).
-pub(crate) async fn read_deliveries(
-    mut client: SharedClient,
+/// Reads every connection of this load thread in one task, recording publish-to-delivery
+/// latency of broadcasts, until the run is over and everything expected has arrived (or a drain
+/// timeout passes). One task for all (each wakeup scans the connections whose receives the ring
+/// has completed) rather than a task per connection: the harness must not spend more per
+/// delivered frame than the server does.
+pub(crate) async fn read_all_deliveries(
+    mut clients: Vec<(Role, SharedClient)>,
     shared: Arc<Shared>,
     hist: Rc<std::cell::RefCell<Histogram<u64>>>,
-    role: Role,
     start: Instant,
     secs: Duration,
 ) {
-    client.stream.set_read_timeout(Duration::from_millis(50));
-    let received = Cell::new(0u64);
     let drain_deadline = secs + Duration::from_secs(3);
-    loop {
-        match client.fill().await {
-            Ok(_) => {}
-            Err(_) => {
-                shared.errors.fetch_add(1, Relaxed);
-                return;
-            }
-        }
-        if role.subscriber {
-            let now = now_ns(shared.base);
-            let mut h = hist.borrow_mut();
-            client.drain_frames(|f| {
-                if let Some(t) = broadcast_timestamp(f.opcode, f.payload) {
-                    let _ = h.record((now.saturating_sub(t) / 1000).max(1));
-                    received.set(received.get() + 1);
-                    shared.delivered.fetch_add(1, Relaxed);
+    let mut received = vec![0u64; clients.len()];
+    let mut done = vec![false; clients.len()];
+    let mut open = clients.len();
+    std::future::poll_fn(|cx| {
+        let mut h = hist.borrow_mut();
+        for (i, (role, client)) in clients.iter_mut().enumerate() {
+            while !done[i] {
+                match client.poll_fill(cx) {
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(_)) => {
+                        shared.errors.fetch_add(1, Relaxed);
+                        done[i] = true;
+                        open -= 1;
+                        break;
+                    }
+                    Poll::Pending => break,
                 }
-            });
-        } else {
-            client.drain_frames(|_| {});
-        }
-        if shared.publish_done.load(Relaxed) {
-            let expected = shared.sent[role.topic_index].load(Relaxed);
-            if !role.subscriber || received.get() >= expected || start.elapsed() > drain_deadline {
-                return;
+                if role.subscriber {
+                    let now = now_ns(shared.base);
+                    let got = &mut received[i];
+                    client.drain_frames(|f| {
+                        if let Some(t) = broadcast_timestamp(f.opcode, f.payload) {
+                            let _ = h.record((now.saturating_sub(t) / 1000).max(1));
+                            *got += 1;
+                            shared.delivered.fetch_add(1, Relaxed);
+                        }
+                    });
+                } else {
+                    client.drain_frames(|_| {});
+                }
+                if shared.publish_done.load(Relaxed) {
+                    let expected = shared.sent[role.topic_index].load(Relaxed);
+                    if !role.subscriber
+                        || received[i] >= expected
+                        || start.elapsed() > drain_deadline
+                    {
+                        done[i] = true;
+                        open -= 1;
+                    }
+                }
             }
         }
-    }
+        if open == 0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Added to JSON timestamps so they always have 16 digits.
