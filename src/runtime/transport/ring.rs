@@ -15,8 +15,9 @@
 //! buffer, no future waiting on its socket and no poll registration, only a [`Receiver`] slot
 //! the completions are routed to. The connection copies what arrived into its own buffer (only
 //! an unfinished frame stays there) and gives the shared buffer back at once. A connection that
-//! stops reading (its publisher credit is spent) holds at most [`MAX_HELD`] buffers: its
-//! receive is then cancelled, so TCP flow control holds the client back, and re-armed when it
+//! stops reading (its publisher credit is spent) holds no shared buffer for long (what they
+//! hold is spilled to its own buffer) and at most [`MAX_UNREAD`] bytes: its receive is then
+//! cancelled, so TCP flow control holds the client back, and re-armed when it
 //! reads again. Deadlines (handshake, idle, close) are checked by the sweeper, not by a timer
 //! per socket.
 //!
@@ -53,8 +54,14 @@ const _: () = assert!(
     RECV_BUFFER_SIZE <= u16::MAX as usize,
     "a receive's length is kept in a u16"
 );
-/// Buffers one connection may hold before its receive is paused.
+/// Shared buffers one connection may hold at once: past [`SPILL_AT`] what they hold is copied
+/// to the connection's own spill buffer and they go back, so connections that are not reading
+/// (their publisher credit is spent) cannot take the shard's buffers from the others.
 pub const MAX_HELD: usize = 8;
+/// Held buffers that are spilled.
+const SPILL_AT: usize = 4;
+/// Bytes a connection may have received and not read before its receive is paused.
+pub const MAX_UNREAD: usize = 64 * 1024;
 /// The provided-buffer group of the shard's receive buffers.
 const BUFFER_GROUP: u16 = 0;
 /// Most frames one send carries (the iovec array is this long).
@@ -274,6 +281,8 @@ struct Receiver {
     held_len: u8,
     /// ...and those that arrived while its pause was on its way (rare; empty otherwise).
     overflow: Vec<(u16, u16)>,
+    /// What was received while the connection was not reading, copied out of shared buffers.
+    spill: Option<Box<bytes::BytesMut>>,
     end: Option<Received>,
     /// Waiting for a buffer to be given back before re-arming.
     starved: bool,
@@ -308,6 +317,16 @@ impl Receiver {
         usize::from(self.held_len) + self.overflow.len()
     }
 
+    /// Bytes received and not yet read by the connection.
+    fn unread(&self) -> usize {
+        let held = self.held[..usize::from(self.held_len)]
+            .iter()
+            .chain(&self.overflow)
+            .map(|&(_, len)| usize::from(len))
+            .sum::<usize>();
+        held + self.spill.as_ref().map_or(0, |s| s.len())
+    }
+
     /// The buffers held, in arrival order; none are held afterwards.
     fn take_held(&mut self) -> impl Iterator<Item = (u16, u16)> {
         let count = usize::from(std::mem::take(&mut self.held_len));
@@ -324,6 +343,7 @@ impl Receiver {
             && self.end.is_none()
             && !self.starved
             && self.held_count() < MAX_HELD
+            && self.unread() < MAX_UNREAD
     }
 }
 
@@ -494,6 +514,7 @@ impl SocketRing {
                 held: [(0, 0); MAX_HELD],
                 held_len: 0,
                 overflow: Vec::new(),
+                spill: None,
                 end: None,
                 starved: false,
                 waker: None,
@@ -557,10 +578,18 @@ impl SocketRing {
             return Poll::Ready(Received::Error);
         };
         r.parked = false;
-        if r.held_count() > 0 {
+        if r.held_count() > 0 || r.spill.is_some() {
             let n = {
-                let mut buffers = self.buffers.borrow_mut();
                 let mut n = 0;
+                if let Some(spill) = r.spill.take() {
+                    n += spill.len();
+                    if buf.is_empty() {
+                        *buf = *spill;
+                    } else {
+                        buf.extend_from_slice(&spill);
+                    }
+                }
+                let mut buffers = self.buffers.borrow_mut();
                 for (bid, len) in r.take_held() {
                     buf.extend_from_slice(buffers.bytes(bid, usize::from(len)));
                     buffers.provide(bid);
@@ -646,12 +675,24 @@ impl SocketRing {
             r.state = RecvState::Off;
         }
         let mut cancel = None;
+        let mut returned = false;
         match (result, bid) {
             (n, Some(bid)) if n > 0 => {
                 // A receive fills at most one buffer, whose size fits a u16.
                 r.hold(bid, n as u16);
                 r.last_input_ms = now_ms;
-                if r.held_count() >= MAX_HELD && r.state == RecvState::Armed {
+                if r.held_count() >= SPILL_AT {
+                    // Not read yet: copy out and give the shared buffers back.
+                    let mut spill = r.spill.take().unwrap_or_default();
+                    let mut buffers = self.buffers.borrow_mut();
+                    for (bid, len) in r.take_held() {
+                        spill.extend_from_slice(buffers.bytes(bid, usize::from(len)));
+                        buffers.provide(bid);
+                    }
+                    r.spill = Some(spill);
+                    returned = true;
+                }
+                if r.unread() >= MAX_UNREAD && r.state == RecvState::Armed {
                     // Not reading fast enough: take no more until it does (TCP holds the
                     // client back meanwhile).
                     r.state = RecvState::Cancelling;
@@ -685,6 +726,9 @@ impl SocketRing {
         }
         if rearm {
             self.arm(slot);
+        }
+        if returned {
+            self.rearm_starved();
         }
     }
 
@@ -901,7 +945,7 @@ impl SocketRing {
         let now = self.ms_since_epoch(now);
         let mut receivers = self.receivers.borrow_mut();
         for r in receivers.slots.iter_mut().flatten() {
-            if r.waker.is_none() || r.held_count() > 0 || r.end.is_some() {
+            if r.waker.is_none() || r.held_count() > 0 || r.spill.is_some() || r.end.is_some() {
                 continue;
             }
             let silent = now.saturating_sub(r.last_input_ms);
@@ -965,6 +1009,7 @@ mod tests {
             held: [(0, 0); MAX_HELD],
             held_len: 0,
             overflow: Vec::new(),
+            spill: None,
             end: None,
             starved: false,
             waker: None,
@@ -985,6 +1030,11 @@ mod tests {
             r.hold(bid, 100 + bid);
         }
         assert_eq!(r.held_count(), MAX_HELD + 3);
+        let lengths: usize = (0..(MAX_HELD + 3)).map(|b| 100 + b).sum();
+        assert_eq!(r.unread(), lengths);
+        r.spill = Some(Box::new(bytes::BytesMut::from(&b"spilled"[..])));
+        assert_eq!(r.unread(), lengths + 7);
+        r.spill = None;
         assert!(!r.wants_arming(), "full: paused until read");
         let back: Vec<_> = r.take_held().collect();
         assert_eq!(
