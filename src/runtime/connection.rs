@@ -7,7 +7,7 @@ use super::credit::Credit;
 use super::interpret::{self, ConnOrigin};
 use super::mailbox::{ConnShared, Mail};
 use super::shard::Shard;
-use super::transport::outbound::{Limits, Outbound};
+use super::transport::outbound::Outbound;
 use super::transport::ring::{Received, RecvHandle};
 use crate::core::ctx::{ConnState, Outbox, SharedAssigns};
 use crate::core::socket::PhoenixSocket;
@@ -45,14 +45,7 @@ pub async fn serve(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
     };
     let _ = stream.set_nodelay(true);
     let ws = &shard.config.websocket;
-    let config = &shard.config;
-    let outbound = Rc::new(Outbound::new(Limits {
-        max_frames: config.outbound.max_queued_frames,
-        max_bytes: config.outbound.max_queued_bytes,
-        behind_timeout: config.outbound.behind_timeout(),
-        hard_factor: config.outbound.hard_limit_factor,
-        batch_frames: config.outbound.write_batch_frames,
-    }));
+    let outbound = Rc::new(Outbound::with_limits(shard.outbound_limits.clone()));
     outbound.attach(shard.ring.clone(), stream.as_raw_fd());
     let recv = shard.ring.start_recv(stream.as_raw_fd());
     // The whole head must arrive within the timeout, counted from the accept: a client that

@@ -5,6 +5,7 @@ use super::config::ServerConfig;
 use super::mailbox::ConnShared;
 use super::mesh::{ConnMessage, MeshSenders};
 use super::topics::Topics;
+use super::transport::outbound::Limits;
 use super::transport::ring::SocketRing;
 use crate::core::socket::Info;
 use crate::core::{App, ConnId, Effect, OwnerStates};
@@ -36,6 +37,8 @@ pub struct Shard {
     pub owner_states: RefCell<OwnerStates>,
     /// The shard's io_uring for socket writes.
     pub ring: Rc<SocketRing>,
+    /// Every connection's outbound bounds (from `[outbound]`), shared.
+    pub outbound_limits: Rc<Limits>,
     metrics: Arc<Metrics>,
     arena: RefCell<BytesMut>,
     connections: RefCell<HashMap<ConnId, Weak<ConnShared>>>,
@@ -57,6 +60,13 @@ impl Shard {
         metrics: Arc<Metrics>,
         ring: Rc<SocketRing>,
     ) -> Shard {
+        let outbound_limits = Rc::new(Limits {
+            max_frames: config.outbound.max_queued_frames,
+            max_bytes: config.outbound.max_queued_bytes,
+            behind_timeout: config.outbound.behind_timeout(),
+            hard_factor: config.outbound.hard_limit_factor,
+            batch_frames: config.outbound.write_batch_frames,
+        });
         Shard {
             id,
             shard_count: mesh.owner.len(),
@@ -69,6 +79,7 @@ impl Shard {
             )),
             metrics,
             ring,
+            outbound_limits,
             arena: RefCell::new(BytesMut::with_capacity(ARENA_CHUNK)),
             connections: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),

@@ -126,9 +126,9 @@ struct Inner {
     /// Waiting in the ring's list for its next submission.
     scheduled: bool,
     /// The ring slot of the send in flight, if any.
-    sending: Option<usize>,
-    /// Frames at the head that the send in flight carries.
-    in_flight: usize,
+    sending: Option<u32>,
+    /// Frames at the head that the send in flight carries (at most `MAX_BATCH`).
+    in_flight: u8,
     reader: Option<Waker>,
 }
 
@@ -136,7 +136,7 @@ impl Inner {
     /// Queued frames from this index on may still be replaced or dropped: the ones before are
     /// being written.
     fn first_free(&self) -> usize {
-        self.in_flight.max(usize::from(self.head_written > 0))
+        usize::from(self.in_flight).max(usize::from(self.head_written > 0))
     }
 }
 
@@ -150,13 +150,19 @@ struct Io {
 /// One connection's outbound queue, shared by its writer task and everything that sends to it.
 pub struct Outbound {
     inner: RefCell<Inner>,
-    limits: Limits,
+    /// Shared by every connection of a shard (an idle connection's bytes count).
+    limits: Rc<Limits>,
     io: RefCell<Option<Io>>,
 }
 
 impl Outbound {
     /// An empty, open queue bounded by `limits`.
     pub fn new(limits: Limits) -> Outbound {
+        Outbound::with_limits(Rc::new(limits))
+    }
+
+    /// An empty, open queue bounded by `limits`, shared with other queues.
+    pub fn with_limits(limits: Rc<Limits>) -> Outbound {
         Outbound {
             inner: RefCell::new(Inner {
                 frames: VecDeque::new(),
@@ -356,7 +362,7 @@ impl Outbound {
         inner.queued_bytes = 0;
         if let Some(slot) = inner.sending {
             if let Some(io) = self.io.borrow().as_ref() {
-                io.ring.cancel(slot);
+                io.ring.cancel(slot as usize);
             }
         }
     }
@@ -494,13 +500,13 @@ impl SendQueue for Outbound {
             let start = if i == 0 { inner.head_written } else { 0 };
             op.push(&q.bytes, start);
         }
-        inner.in_flight = op.len();
+        inner.in_flight = op.len() as u8;
         true
     }
 
     /// Called by the ring once the send is submitted in `slot`.
     fn sending(&self, slot: usize) {
-        self.inner.borrow_mut().sending = Some(slot);
+        self.inner.borrow_mut().sending = Some(slot as u32);
     }
 
     /// Called by the ring with the send's result (bytes written, or `-errno`).
