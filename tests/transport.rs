@@ -292,15 +292,7 @@ fn idle_connections_hold_no_receive_buffer_and_writes_are_batched() {
     let (mut half, _) = upgraded(server.addr, "/socket/websocket?vsn=2.0.0", "");
     half.write_all(&client_frame(0x81, 1000, b"[\"1\""))
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while server.metric("receive_buffers") != 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never counted: {}",
-            server.metric("receive_buffers")
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    server.wait_for_metric("receive_buffers", 1);
     drop(half);
 
     let (frames, writes, submissions) = (
@@ -338,11 +330,7 @@ fn idle_connections_hold_no_receive_buffer_and_writes_are_batched() {
         submissions > 0 && submissions * 4 <= writes,
         "{writes} sends took {submissions} submissions: not one per turn"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while server.metric("receive_buffers") != 0 {
-        assert!(std::time::Instant::now() < deadline, "a buffer stayed");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    server.wait_for_metric("receive_buffers", 0);
 }
 
 /// A session idle past `park_after_ms` is parked (no task: counted in `/metrics`) and carries on
@@ -359,17 +347,7 @@ fn idle_sessions_park_and_resume_on_their_next_event() {
             ws
         })
         .collect();
-    let parked_all = |want: u64| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while server.metric("sessions_parked") != want {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} parked, expected {want}",
-                server.metric("sessions_parked")
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
+    let parked_all = |want: u64| server.wait_for_metric("sessions_parked", want);
     parked_all(10);
 
     // A parked session's own client wakes it: the echo comes back.

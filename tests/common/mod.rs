@@ -69,6 +69,22 @@ impl TestServer {
             .sum()
     }
 
+    /// Waits (polling `/metrics`, 10 s at most) until metric `name` reads `want`.
+    pub fn wait_for_metric(&self, name: &str, want: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.metric(name);
+            if now == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} is {now}, expected {want}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn shutdown(mut self) {
         if let Some(h) = self.handle.take() {
             h.shutdown().expect("clean shutdown");

@@ -1,10 +1,8 @@
 //! Socket I/O on a shard, knowing nothing of shards, topics or channels: the accept loop
 //! ([`listener`]), the bounded outbound queue ([`outbound`]), and the shard's own io_uring that
-//! writes those queues and receives into shared buffers ([`ring`]). [`stream`] is a glommio
-//! stream shared by two tasks, which the load harness still writes through.
+//! writes those queues and receives into shared buffers ([`ring`]).
 
 pub mod listener;
 pub mod outbound;
 #[allow(unsafe_code)]
 pub mod ring;
-pub mod stream;

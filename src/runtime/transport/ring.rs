@@ -304,6 +304,29 @@ struct Receiver {
 }
 
 impl Receiver {
+    /// A receive of `fd`, not armed yet, with no deadline, its last input at `now_ms`.
+    fn new(generation: u32, fd: RawFd, now_ms: u64) -> Receiver {
+        Receiver {
+            generation,
+            fd,
+            state: RecvState::Off,
+            held: [(0, 0); MAX_HELD],
+            held_len: 0,
+            overflow: Vec::new(),
+            spill: None,
+            end: None,
+            starved: false,
+            waker: None,
+            last_input_ms: now_ms,
+            idle_ms: 0,
+            deadline_ms: u64::MAX,
+            timed_out: false,
+            park_after_ms: 0,
+            idle_due: false,
+            parked: false,
+        }
+    }
+
     fn hold(&mut self, bid: u16, len: u16) {
         if usize::from(self.held_len) < MAX_HELD {
             self.held[usize::from(self.held_len)] = (bid, len);
@@ -507,25 +530,8 @@ impl SocketRing {
                 r.generations.push(0);
                 r.slots.len() - 1
             });
-            r.slots[slot] = Some(Receiver {
-                generation: r.generations[slot],
-                fd,
-                state: RecvState::Off,
-                held: [(0, 0); MAX_HELD],
-                held_len: 0,
-                overflow: Vec::new(),
-                spill: None,
-                end: None,
-                starved: false,
-                waker: None,
-                last_input_ms: self.ms_since_epoch(Instant::now()),
-                idle_ms: 0,
-                deadline_ms: u64::MAX,
-                timed_out: false,
-                park_after_ms: 0,
-                idle_due: false,
-                parked: false,
-            });
+            let now_ms = self.ms_since_epoch(Instant::now());
+            r.slots[slot] = Some(Receiver::new(r.generations[slot], fd, now_ms));
             slot
         };
         self.arm(slot);
@@ -1002,25 +1008,7 @@ mod tests {
     use super::*;
 
     fn receiver() -> Receiver {
-        Receiver {
-            generation: 0,
-            fd: -1,
-            state: RecvState::Off,
-            held: [(0, 0); MAX_HELD],
-            held_len: 0,
-            overflow: Vec::new(),
-            spill: None,
-            end: None,
-            starved: false,
-            waker: None,
-            last_input_ms: 0,
-            idle_ms: 0,
-            deadline_ms: u64::MAX,
-            timed_out: false,
-            park_after_ms: 0,
-            idle_due: false,
-            parked: false,
-        }
+        Receiver::new(0, -1, 0)
     }
 
     #[test]

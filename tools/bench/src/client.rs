@@ -232,9 +232,7 @@ impl WsClient {
         buf.extend_from_slice(&self.buf[self.start..self.end]);
         SharedClient {
             recv,
-            stream: Rc::new(shardcast::runtime::transport::stream::SharedStream::new(
-                self.stream,
-            )),
+            stream: Rc::new(SharedStream::new(self.stream)),
             buf,
         }
     }
@@ -245,7 +243,7 @@ impl WsClient {
 pub struct SharedClient {
     /// Declared first: the receive is cancelled before the socket closes.
     recv: RecvHandle,
-    pub stream: Rc<shardcast::runtime::transport::stream::SharedStream>,
+    pub stream: Rc<SharedStream>,
     buf: BytesMut,
 }
 
@@ -294,6 +292,36 @@ impl SharedClient {
             });
         }
         self.buf.advance(start);
+    }
+}
+
+/// A subscriber's socket once its reads go through the ring: written by the publisher task
+/// (through glommio), borrowed only inside a `poll`.
+pub struct SharedStream {
+    inner: std::cell::RefCell<TcpStream>,
+}
+
+impl SharedStream {
+    pub fn new(stream: TcpStream) -> SharedStream {
+        SharedStream {
+            inner: std::cell::RefCell::new(stream),
+        }
+    }
+
+    /// Writes all of `buf`, waiting for the socket as needed.
+    pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        use futures_lite::AsyncWrite;
+        while !buf.is_empty() {
+            let n = std::future::poll_fn(|cx| {
+                std::pin::Pin::new(&mut *self.inner.borrow_mut()).poll_write(cx, buf)
+            })
+            .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            buf = &buf[n..];
+        }
+        Ok(())
     }
 }
 

@@ -249,7 +249,7 @@ pub(crate) fn in_flight(shared: &Shared) -> u64 {
 /// Sends publishes at `rate` per second (0 = as fast as the socket takes them) until `secs`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn publish(
-    stream: Rc<shardcast::runtime::transport::stream::SharedStream>,
+    stream: Rc<crate::client::SharedStream>,
     shared: &Shared,
     topic_index: usize,
     topic: &str,
