@@ -48,6 +48,7 @@ shard_metrics! {
     partial_budget_closes: "counter", "Connections closed (1013) because the shard's bytes held in unfinished frames reached max_partial_bytes_per_shard.";
     partial_bytes: "gauge", "Bytes held in unfinished frames and messages by this shard's sockets.";
     sessions_parked: "gauge", "Sessions parked: idle, held as compact state with no task or future until their next event.";
+    completion_overflows: "counter", "Times the socket ring's completion queue filled up and the kernel's overflow list was flushed into it.";
     receive_starved: "counter", "Receives that found the shard's shared receive buffers all taken (they resume as buffers come back).";
     receive_buffers: "gauge", "Connections holding a receive buffer (only while a frame is unfinished: an idle connection holds none).";
     accept_failures: "counter", "Failed accept calls (descriptor limit reached, among others).";

@@ -40,6 +40,10 @@ use std::time::{Duration, Instant};
 
 /// Submission queue entries; more sends than this in one turn are submitted in several calls.
 const RING_ENTRIES: u32 = 1024;
+/// Completion queue entries: room for the inline completions of a broadcast to this many
+/// connections in one submission. Past it the kernel keeps completions in its overflow list
+/// (`IORING_FEAT_NODROP`), which [`SocketRing::reap`] has it flush.
+const COMPLETION_ENTRIES: u32 = 16 * 1024;
 /// `user_data` of cancellation requests, whose own completions carry nothing to do.
 const CANCEL: u64 = u64::MAX;
 /// `user_data` bit of receives (slot in the low 32 bits, the slot's generation above).
@@ -476,10 +480,37 @@ impl SocketRing {
         write_timeout: Duration,
         tick: Duration,
     ) -> io::Result<Self> {
+        Self::with_queues(
+            metrics,
+            shard,
+            write_timeout,
+            tick,
+            RING_ENTRIES,
+            COMPLETION_ENTRIES,
+        )
+    }
+
+    /// [`new`](Self::new) with the given queue sizes (tests make them small to overflow them).
+    fn with_queues(
+        metrics: Arc<Metrics>,
+        shard: usize,
+        write_timeout: Duration,
+        tick: Duration,
+        submission_entries: u32,
+        completion_entries: u32,
+    ) -> io::Result<Self> {
         check_kernel()?;
         // Not COOP_TASKRUN: receive completions are posted by task work, which must run even
         // while the thread sleeps in glommio's ring.
-        let ring = IoUring::builder().build(RING_ENTRIES)?;
+        let ring = IoUring::builder()
+            .setup_cqsize(completion_entries)
+            .build(submission_entries)?;
+        if !ring.params().is_feature_nodrop() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring without IORING_FEAT_NODROP: completions could be lost",
+            ));
+        }
         // A blocking eventfd: glommio's read of it then waits in the kernel instead of failing
         // with EAGAIN.
         // SAFETY: eventfd has no memory-safety preconditions; the result is checked below.
@@ -566,7 +597,24 @@ impl SocketRing {
                 .build()
                 .user_data(RECV | (u64::from(r.generation) << 32) | slot as u64)
         };
-        self.push(entry);
+        if let Err(e) = self.push(entry) {
+            // Tried again when buffers come back, or at the next sweep.
+            tracing::warn!(shard = self.shard, error = %e, "cannot queue a receive");
+            let mut receivers = self.receivers.borrow_mut();
+            if let Some(r) = receivers.slots[slot].as_mut() {
+                r.state = RecvState::Off;
+                if !r.starved {
+                    r.starved = true;
+                    receivers.starved.push(slot);
+                }
+            }
+            return;
+        }
+        self.submit_soon();
+    }
+
+    /// Entries wait in the submission queue: the flusher submits them in its next turn.
+    fn submit_soon(&self) {
         self.unsubmitted.set(true);
         if let Some(w) = self.flusher.borrow_mut().take() {
             w.wake();
@@ -644,18 +692,35 @@ impl SocketRing {
             receivers.generations[slot] = (r.generation + 1) & GENERATION_MASK as u32;
             receivers.free.push(slot);
             receivers.starved.retain(|&s| s != slot);
-            (r.state == RecvState::Armed)
-                .then(|| RECV | (u64::from(r.generation) << 32) | slot as u64)
+            (
+                r.state,
+                RECV | (u64::from(r.generation) << 32) | slot as u64,
+            )
         };
         self.rearm_starved();
-        if let Some(user_data) = cancel {
-            self.push(
-                opcode::AsyncCancel::new(user_data)
-                    .build()
-                    .user_data(CANCEL),
-            );
-            // At once: the receive holds the socket open in the kernel until it is cancelled.
-            let _ = self.ring.borrow().submit();
+        let (state, user_data) = cancel;
+        // At once: the receive holds the socket open in the kernel until it is cancelled.
+        match state {
+            RecvState::Armed => self.cancel_now(user_data),
+            // Its cancellation (a pause) may still wait in the submission queue.
+            RecvState::Cancelling => {
+                let _ = self.ring.borrow().submit();
+            }
+            RecvState::Off => {}
+        }
+    }
+
+    /// Asks the kernel to cancel the operation `user_data`, submitting at once.
+    fn cancel_now(&self, user_data: u64) {
+        let cancel = opcode::AsyncCancel::new(user_data)
+            .build()
+            .user_data(CANCEL);
+        match self.push(cancel) {
+            Ok(()) => {
+                let _ = self.ring.borrow().submit();
+            }
+            // The operation then ends with its socket (the peer's close or reset).
+            Err(e) => tracing::warn!(shard = self.shard, error = %e, "cannot queue a cancel"),
         }
     }
 
@@ -663,9 +728,14 @@ impl SocketRing {
     fn on_recv(&self, user_data: u64, result: i32, flags: u32, now_ms: u64) {
         let slot = (user_data & 0xffff_ffff) as usize;
         let generation = ((user_data >> 32) & GENERATION_MASK) as u32;
-        let bid = io_uring::cqueue::buffer_select(flags);
-        if bid.is_some() {
+        let mut bid = io_uring::cqueue::buffer_select(flags);
+        if let Some(b) = bid {
             self.buffers.borrow_mut().free -= 1;
+            if result <= 0 {
+                // An end or a failure that still took a buffer: it carries nothing.
+                self.buffers.borrow_mut().provide(b);
+                bid = None;
+            }
         }
         let mut receivers = self.receivers.borrow_mut();
         let current = receivers.slots.get_mut(slot).and_then(|r| r.as_mut());
@@ -682,6 +752,7 @@ impl SocketRing {
         }
         let mut cancel = None;
         let mut returned = false;
+        let mut starved = false;
         match (result, bid) {
             (n, Some(bid)) if n > 0 => {
                 // A receive fills at most one buffer, whose size fits a u16.
@@ -712,6 +783,7 @@ impl SocketRing {
                     r.starved = true;
                     receivers.starved.push(slot);
                 }
+                starved = true;
             }
             (e, _) if e == -libc::ECANCELED => {}
             _ => r.end = Some(Received::Error),
@@ -723,17 +795,20 @@ impl SocketRing {
         }
         drop(receivers);
         if let Some(user_data) = cancel {
-            self.push(
-                opcode::AsyncCancel::new(user_data)
-                    .build()
-                    .user_data(CANCEL),
-            );
-            self.unsubmitted.set(true);
+            let pause = opcode::AsyncCancel::new(user_data)
+                .build()
+                .user_data(CANCEL);
+            match self.push(pause) {
+                Ok(()) => self.submit_soon(),
+                // Not paused after all: it goes on receiving (into its spill buffer).
+                Err(_) => self.with_receiver(slot, |r| r.state = RecvState::Armed),
+            }
         }
         if rearm {
             self.arm(slot);
         }
-        if returned {
+        // Buffers may have come back before this ENOBUFS was reaped.
+        if returned || starved {
             self.rearm_starved();
         }
     }
@@ -771,28 +846,26 @@ impl SocketRing {
     /// Asks the kernel to cancel the send in `slot` (its connection went away); the send's
     /// completion then arrives with `ECANCELED`.
     pub fn cancel(&self, slot: usize) {
-        self.push(
-            opcode::AsyncCancel::new(slot as u64)
-                .build()
-                .user_data(CANCEL),
-        );
         // At once: the send holds the socket open in the kernel until it is cancelled.
-        let _ = self.ring.borrow().submit();
+        self.cancel_now(slot as u64);
     }
 
-    fn push(&self, entry: squeue::Entry) {
+    /// Queues `entry`, first submitting what the queue holds if it is full; fails only if the
+    /// kernel takes nothing.
+    fn push(&self, entry: squeue::Entry) -> io::Result<()> {
         let mut ring = self.ring.borrow_mut();
         loop {
             // SAFETY: every entry pushed here points only into a boxed `SendOp` that stays
             // alive until its completion is reaped (or is leaked), or into nothing at all.
             if unsafe { ring.submission().push(&entry) }.is_ok() {
-                return;
+                return Ok(());
             }
             // The queue is full: hand what it holds to the kernel first.
-            if ring.submit().is_err() {
-                return;
+            match ring.submit() {
+                Ok(_) => ShardMetrics::inc(&self.metrics().write_submissions),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
-            ShardMetrics::inc(&self.metrics().write_submissions);
         }
     }
 
@@ -816,12 +889,23 @@ impl SocketRing {
             let fd = out.fd();
             let slot = self.ops.borrow_mut().insert(op);
             out.sending(slot);
-            self.push(
-                opcode::SendMsg::new(types::Fd(fd), msg)
-                    .flags(libc::MSG_NOSIGNAL as u32)
-                    .build()
-                    .user_data(slot as u64),
-            );
+            let send = opcode::SendMsg::new(types::Fd(fd), msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(slot as u64);
+            if let Err(e) = self.push(send) {
+                // The kernel never saw it: fail the connection rather than leave it waiting.
+                tracing::warn!(shard = self.shard, error = %e, "cannot queue a send");
+                let op = self.ops.borrow_mut().remove(slot);
+                if let Some(mut op) = op {
+                    if let Some(out) = op.out.take() {
+                        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                        out.complete_send(-errno, now, self.metrics());
+                    }
+                    self.ops.borrow_mut().recycle(op);
+                }
+                continue;
+            }
             sends += 1;
         }
         // Give the vector back so the next turn does not allocate one.
@@ -853,7 +937,21 @@ impl SocketRing {
                 cq.sync();
                 cq.next()
             };
-            let Some(cqe) = cqe else { break };
+            let Some(cqe) = cqe else {
+                // A full completion queue leaves the rest in the kernel's overflow list until an
+                // enter asks for them (`submit` does, seeing the overflow flag).
+                let mut ring = self.ring.borrow_mut();
+                if !ring.submission().cq_overflow() || ring.submit().is_err() {
+                    break;
+                }
+                ShardMetrics::inc(&self.metrics().completion_overflows);
+                let mut cq = ring.completion();
+                cq.sync();
+                if cq.is_empty() {
+                    break;
+                }
+                continue;
+            };
             if cqe.user_data() == CANCEL {
                 continue;
             }
@@ -921,6 +1019,8 @@ impl SocketRing {
             glommio::timer::sleep(self.tick).await;
             let now = Instant::now();
             self.expire_receivers(now);
+            // Receives whose arming failed (or that wait for buffers) are tried again.
+            self.rearm_starved();
             let stale: Vec<usize> = {
                 let ops = self.ops.borrow();
                 if ops.in_flight == 0 {
@@ -1038,6 +1138,86 @@ mod tests {
         r.starved = false;
         r.end = Some(Received::Eof);
         assert!(!r.wants_arming(), "ended");
+    }
+
+    /// A queue with one frame to send, for driving the ring without a connection.
+    struct OneFrame {
+        fd: OwnedFd,
+        frame: Bytes,
+        prepared: std::cell::Cell<bool>,
+        result: std::cell::Cell<Option<i32>>,
+    }
+
+    impl SendQueue for OneFrame {
+        fn prepare_send(&self, op: &mut SendOp) -> bool {
+            if self.prepared.replace(true) {
+                return false;
+            }
+            op.push(&self.frame, 0);
+            true
+        }
+        fn sending(&self, _slot: usize) {}
+        fn complete_send(&self, result: i32, _now: Instant, _metrics: &ShardMetrics) {
+            self.result.set(Some(result));
+        }
+        fn fd(&self) -> RawFd {
+            self.fd.as_raw_fd()
+        }
+    }
+
+    fn socket_pair() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two descriptors into `fds`, which has room for them.
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0, "socketpair: {}", io::Error::last_os_error());
+        // SAFETY: both descriptors were just created and are owned by nothing else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn a_broadcast_wider_than_the_completion_queue_completes_every_send() {
+        let metrics = Arc::new(Metrics::new(1));
+        let ring = SocketRing::with_queues(
+            metrics.clone(),
+            0,
+            Duration::from_secs(30),
+            Duration::from_millis(10),
+            8,
+            16,
+        )
+        .expect("io_uring is available");
+        let mut peers = Vec::new();
+        let queues: Vec<Rc<OneFrame>> = (0..300)
+            .map(|i| {
+                let (ours, theirs) = socket_pair();
+                peers.push(theirs);
+                Rc::new(OneFrame {
+                    fd: ours,
+                    frame: Bytes::from(format!("frame {i:03}")),
+                    prepared: std::cell::Cell::new(false),
+                    result: std::cell::Cell::new(None),
+                })
+            })
+            .collect();
+        for q in &queues {
+            ring.schedule(q.clone());
+        }
+        // Every send fits its socket at once, so all 300 complete inside the submissions of one
+        // flush: 16 completion entries cannot hold them.
+        ring.flush();
+        for (i, (q, peer)) in queues.iter().zip(&peers).enumerate() {
+            assert_eq!(q.result.get(), Some(9), "send {i} completed");
+            let mut got = [0u8; 16];
+            // SAFETY: `got` is a writable buffer of the length passed.
+            let n = unsafe { libc::read(peer.as_raw_fd(), got.as_mut_ptr().cast(), got.len()) };
+            assert_eq!(&got[..n as usize], format!("frame {i:03}").as_bytes());
+        }
+        let overflows = metrics
+            .shard(0)
+            .completion_overflows
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(overflows > 0, "the completion queue overflowed");
+        assert_eq!(ring.ops.borrow().in_flight, 0, "no send left in flight");
     }
 
     #[test]
