@@ -295,7 +295,7 @@ async fn run_session(
         },
         effects: Vec::new(),
         close_sent: false,
-        credit: Credit::new(config.outbound.publisher_credit_bytes),
+        credit: None,
     };
     let mut decoder = WsDecoder::new(DecoderLimits {
         max_frame_size: config.websocket.max_frame_size,
@@ -342,6 +342,17 @@ enum Outcome {
 async fn drive(mut state: Box<SessionState>) {
     match state.run().await {
         Outcome::Park => {
+            // A parked session keeps only what its next event needs.
+            state.conn.shared.release_spare();
+            if state
+                .conn
+                .credit
+                .as_ref()
+                .is_some_and(|c| Rc::strong_count(c) == 1)
+            {
+                // No frame of its broadcasts is still queued anywhere.
+                state.conn.credit = None;
+            }
             let waker = parking::waker(state.conn.conn_id);
             // Every source of a next event wakes the parking waker, which resumes the session.
             state.io.recv.register_waker(&waker);
@@ -391,6 +402,7 @@ mod parking {
 
     /// Keeps an idle session until its next event.
     pub(super) fn park(state: Box<SessionState>) {
+        crate::runtime::memory::session_freed();
         PARKED.with(|p| p.borrow_mut().insert(state.conn.conn_id, state));
     }
 
@@ -454,7 +466,7 @@ impl SessionState {
         let shard = conn.shard.clone();
         let config = &shard.config;
         let metrics = shard.metrics();
-        let credit = conn.credit.clone();
+        let credit = conn.credit().clone();
         let outbound = &io.outbound;
         let recv = &io.recv;
         let conn_id = conn.conn_id;
@@ -600,6 +612,7 @@ impl SessionState {
             ..
         } = *self;
         drop(partial);
+        crate::runtime::memory::session_freed();
         let shard = conn.shard.clone();
         let config = &shard.config;
         let metrics = shard.metrics();
@@ -753,11 +766,18 @@ struct Conn {
     socket: Option<PhoenixSocket>,
     effects: Vec<Effect>,
     close_sent: bool,
-    /// Backpressure from the subscribers of this connection's broadcasts.
-    credit: Rc<Credit>,
+    /// Backpressure from the subscribers of this connection's broadcasts (none while parked
+    /// with nothing outstanding: made again when the session resumes).
+    credit: Option<Rc<Credit>>,
 }
 
 impl Conn {
+    /// This connection's publisher credit, made when first needed.
+    fn credit(&mut self) -> &Rc<Credit> {
+        let limit = self.shard.config.outbound.publisher_credit_bytes;
+        self.credit.get_or_insert_with(|| Credit::new(limit))
+    }
+
     /// Handles one decoded WebSocket event. Returns false when the session is over.
     async fn on_event(&mut self, event: WsEvent) -> bool {
         let shard = self.shard.clone();
@@ -874,13 +894,14 @@ impl Conn {
             .socket
             .as_ref()
             .map_or(Serializer::V2, |s| s.conn().serializer);
+        let credit = self.credit().clone();
         let origin = ConnOrigin {
             conn_id: self.conn_id,
             serializer,
             shared: &self.shared,
             close_sent: &mut self.close_sent,
         };
-        interpret::apply(&self.shard, Some(origin), Some(&self.credit), &mut effects).await;
+        interpret::apply(&self.shard, Some(origin), Some(&credit), &mut effects).await;
         // Back to the shard's pool: an idle connection holds no effect buffer.
         self.shard.recycle_effects(effects);
     }

@@ -45,6 +45,15 @@ impl ConnShared {
         }
     }
 
+    /// Gives back spare queue capacity while nothing waits (see [`Outbound::release_spare`]).
+    pub fn release_spare(&self) {
+        self.outbound.release_spare();
+        let mut mailbox = self.mailbox.borrow_mut();
+        if mailbox.is_empty() && mailbox.capacity() > 0 {
+            *mailbox = VecDeque::new();
+        }
+    }
+
     /// Queues a frame meant for this connection alone (a reply, a push, an echo), compressed
     /// first if it negotiated permessage-deflate and the frame is worth it. Returns (whether it
     /// was taken, whether it was compressed).

@@ -11,6 +11,7 @@
 //! - [`mailbox`]: a connection's shard-facing half (its mailbox and outbound queue).
 //! - [`credit`]: backpressure from subscribers' queues to the reader that published.
 //! - [`transport`]: socket I/O.
+//! - [`memory`]: handing freed memory back after connection storms.
 //! - [`config`]: what the runtime is configured with ([`config::ServerConfig`]).
 
 pub mod config;
@@ -19,6 +20,7 @@ pub(crate) mod credit;
 pub(crate) mod inbox;
 pub(crate) mod interpret;
 pub(crate) mod mailbox;
+pub mod memory;
 pub(crate) mod mesh;
 pub(crate) mod pubsub;
 pub mod server;

@@ -402,6 +402,15 @@ impl Outbound {
         .await
     }
 
+    /// Gives back the queue's spare capacity if nothing is queued (an idle connection then
+    /// holds no queue memory; the next frame allocates again).
+    pub fn release_spare(&self) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.frames.is_empty() && inner.frames.capacity() > 0 {
+            inner.frames = VecDeque::new();
+        }
+    }
+
     /// The reader registers here to learn about failures.
     pub fn register_reader(&self, waker: &Waker) {
         let mut inner = self.inner.borrow_mut();

@@ -58,12 +58,10 @@ const _: () = assert!(
     RECV_BUFFER_SIZE <= u16::MAX as usize,
     "a receive's length is kept in a u16"
 );
-/// Shared buffers one connection may hold at once: past [`SPILL_AT`] what they hold is copied
-/// to the connection's own spill buffer and they go back, so connections that are not reading
-/// (their publisher credit is spent) cannot take the shard's buffers from the others.
-pub const MAX_HELD: usize = 8;
-/// Held buffers that are spilled.
-const SPILL_AT: usize = 4;
+/// Shared buffers one connection may hold at once: when it holds this many, what they hold is
+/// copied to the connection's own spill buffer and they go back, so connections that are not
+/// reading (their publisher credit is spent) cannot take the shard's buffers from the others.
+pub const MAX_HELD: usize = 4;
 /// Bytes a connection may have received and not read before its receive is paused.
 pub const MAX_UNREAD: usize = 64 * 1024;
 /// The provided-buffer group of the shard's receive buffers.
@@ -280,11 +278,9 @@ struct Receiver {
     generation: u32,
     fd: RawFd,
     state: RecvState,
-    /// Buffers received and not yet copied out: (buffer id, length)...
+    /// Buffers received and not yet copied out: (buffer id, length).
     held: [(u16, u16); MAX_HELD],
     held_len: u8,
-    /// ...and those that arrived while its pause was on its way (rare; empty otherwise).
-    overflow: Vec<(u16, u16)>,
     /// What was received while the connection was not reading, copied out of shared buffers.
     spill: Option<Box<bytes::BytesMut>>,
     end: Option<Received>,
@@ -316,7 +312,6 @@ impl Receiver {
             state: RecvState::Off,
             held: [(0, 0); MAX_HELD],
             held_len: 0,
-            overflow: Vec::new(),
             spill: None,
             end: None,
             starved: false,
@@ -331,24 +326,20 @@ impl Receiver {
         }
     }
 
+    /// Keeps buffer `bid`; the caller spills once [`MAX_HELD`] are held, so there is room.
     fn hold(&mut self, bid: u16, len: u16) {
-        if usize::from(self.held_len) < MAX_HELD {
-            self.held[usize::from(self.held_len)] = (bid, len);
-            self.held_len += 1;
-        } else {
-            self.overflow.push((bid, len));
-        }
+        self.held[usize::from(self.held_len)] = (bid, len);
+        self.held_len += 1;
     }
 
     fn held_count(&self) -> usize {
-        usize::from(self.held_len) + self.overflow.len()
+        usize::from(self.held_len)
     }
 
     /// Bytes received and not yet read by the connection.
     fn unread(&self) -> usize {
         let held = self.held[..usize::from(self.held_len)]
             .iter()
-            .chain(&self.overflow)
             .map(|&(_, len)| usize::from(len))
             .sum::<usize>();
         held + self.spill.as_ref().map_or(0, |s| s.len())
@@ -358,9 +349,7 @@ impl Receiver {
     fn take_held(&mut self) -> impl Iterator<Item = (u16, u16)> {
         let count = usize::from(std::mem::take(&mut self.held_len));
         let held = self.held;
-        held.into_iter()
-            .take(count)
-            .chain(std::mem::take(&mut self.overflow))
+        held.into_iter().take(count)
     }
 
     /// Whether its receive should be armed again: it ended without the socket ending, it holds
@@ -758,7 +747,7 @@ impl SocketRing {
                 // A receive fills at most one buffer, whose size fits a u16.
                 r.hold(bid, n as u16);
                 r.last_input_ms = now_ms;
-                if r.held_count() >= SPILL_AT {
+                if r.held_count() >= MAX_HELD {
                     // Not read yet: copy out and give the shared buffers back.
                     let mut spill = r.spill.take().unwrap_or_default();
                     let mut buffers = self.buffers.borrow_mut();
@@ -1021,6 +1010,7 @@ impl SocketRing {
             self.expire_receivers(now);
             // Receives whose arming failed (or that wait for buffers) are tried again.
             self.rearm_starved();
+            crate::runtime::memory::maybe_release(now);
             let stale: Vec<usize> = {
                 let ops = self.ops.borrow();
                 if ops.in_flight == 0 {
@@ -1112,13 +1102,13 @@ mod tests {
     }
 
     #[test]
-    fn held_buffers_come_back_in_arrival_order_past_the_pause_bound() {
+    fn held_buffers_come_back_in_arrival_order() {
         let mut r = receiver();
-        for bid in 0..(MAX_HELD as u16 + 3) {
+        for bid in 0..MAX_HELD as u16 {
             r.hold(bid, 100 + bid);
         }
-        assert_eq!(r.held_count(), MAX_HELD + 3);
-        let lengths: usize = (0..(MAX_HELD + 3)).map(|b| 100 + b).sum();
+        assert_eq!(r.held_count(), MAX_HELD);
+        let lengths: usize = (0..MAX_HELD).map(|b| 100 + b).sum();
         assert_eq!(r.unread(), lengths);
         r.spill = Some(Box::new(bytes::BytesMut::from(&b"spilled"[..])));
         assert_eq!(r.unread(), lengths + 7);
@@ -1127,7 +1117,7 @@ mod tests {
         let back: Vec<_> = r.take_held().collect();
         assert_eq!(
             back,
-            (0..(MAX_HELD as u16 + 3))
+            (0..MAX_HELD as u16)
                 .map(|b| (b, 100 + b))
                 .collect::<Vec<_>>()
         );
