@@ -295,6 +295,7 @@ async fn run_session(
         },
         effects: Vec::new(),
         close_sent: false,
+        parked_before: false,
         credit: None,
     };
     let mut decoder = WsDecoder::new(DecoderLimits {
@@ -401,8 +402,12 @@ mod parking {
     }
 
     /// Keeps an idle session until its next event.
-    pub(super) fn park(state: Box<SessionState>) {
-        crate::runtime::memory::session_freed();
+    pub(super) fn park(mut state: Box<SessionState>) {
+        if !std::mem::replace(&mut state.conn.parked_before, true) {
+            // Its first park: the storm it came in with is over for it. (Later parks, after a
+            // heartbeat, free no more than they took.)
+            crate::runtime::memory::session_freed();
+        }
         PARKED.with(|p| p.borrow_mut().insert(state.conn.conn_id, state));
     }
 
@@ -766,6 +771,8 @@ struct Conn {
     socket: Option<PhoenixSocket>,
     effects: Vec<Effect>,
     close_sent: bool,
+    /// Whether the session has parked before (see `parking::park`).
+    parked_before: bool,
     /// Backpressure from the subscribers of this connection's broadcasts (none while parked
     /// with nothing outstanding: made again when the session resumes).
     credit: Option<Rc<Credit>>,

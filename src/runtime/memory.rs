@@ -29,7 +29,8 @@ pub fn set_release(release: fn()) {
     let _ = RELEASE.set(release);
 }
 
-/// A session on this shard parked or ended: what it used while busy is free now.
+/// A session on this shard parked for the first time or ended: what it used while busy
+/// (handshake, first join) is free now.
 pub(crate) fn session_freed() {
     FREED.with(|f| f.set(f.get() + 1));
 }

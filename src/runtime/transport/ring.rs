@@ -490,10 +490,24 @@ impl SocketRing {
     ) -> io::Result<Self> {
         check_kernel()?;
         // Not COOP_TASKRUN: receive completions are posted by task work, which must run even
-        // while the thread sleeps in glommio's ring.
-        let ring = IoUring::builder()
-            .setup_cqsize(completion_entries)
-            .build(submission_entries)?;
+        // while the thread sleeps in glommio's ring. Older kernels need the queues in one
+        // physically contiguous block: where memory is too fragmented for that, a smaller
+        // completion queue (its overflow list takes the rest) beats a shard that cannot start.
+        let mut completion_entries = completion_entries;
+        let ring = loop {
+            match IoUring::builder()
+                .setup_cqsize(completion_entries)
+                .build(submission_entries)
+            {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOMEM)
+                        && completion_entries > 2 * submission_entries =>
+                {
+                    completion_entries /= 2;
+                }
+                other => break other?,
+            }
+        };
         if !ring.params().is_feature_nodrop() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -888,8 +902,9 @@ impl SocketRing {
                 let op = self.ops.borrow_mut().remove(slot);
                 if let Some(mut op) = op {
                     if let Some(out) = op.out.take() {
-                        let errno = e.raw_os_error().unwrap_or(libc::EIO);
-                        out.complete_send(-errno, now, self.metrics());
+                        // EIO, whatever the kernel said: an EAGAIN would have the queue retry at
+                        // once, and the flusher spin on a kernel that takes nothing.
+                        out.complete_send(-libc::EIO, now, self.metrics());
                     }
                     self.ops.borrow_mut().recycle(op);
                 }
@@ -930,8 +945,14 @@ impl SocketRing {
                 // A full completion queue leaves the rest in the kernel's overflow list until an
                 // enter asks for them (`submit` does, seeing the overflow flag).
                 let mut ring = self.ring.borrow_mut();
-                if !ring.submission().cq_overflow() || ring.submit().is_err() {
+                if !ring.submission().cq_overflow() {
                     break;
+                }
+                match ring.submit() {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // Flushed by the next submission or sweep.
+                    Err(_) => break,
                 }
                 ShardMetrics::inc(&self.metrics().completion_overflows);
                 let mut cq = ring.completion();

@@ -94,6 +94,21 @@ pub(crate) fn cpu_list(args: &Args) -> Vec<usize> {
     let Some(spec) = &args.cpus else {
         return vec![];
     };
+    let cpus = parse_cpus(spec);
+    // A CPU the machine lacks would leave its load thread unable to start: say so at once.
+    // (Not `available_parallelism`: that counts only the CPUs the harness was `taskset` to.)
+    if let Ok(online) = std::fs::read_to_string("/sys/devices/system/cpu/online") {
+        let online = parse_cpus(online.trim());
+        if let Some(bad) = cpus.iter().find(|c| !online.contains(c)) {
+            eprintln!("--cpus {spec}: CPU {bad} is not online (online: {online:?})");
+            std::process::exit(2);
+        }
+    }
+    cpus
+}
+
+/// A CPU list as `taskset` and the kernel write it: `1`, `0-3`, `0,2-3`.
+fn parse_cpus(spec: &str) -> Vec<usize> {
     let mut cpus = vec![];
     for part in spec.split(',') {
         match part.split_once('-') {
@@ -186,4 +201,14 @@ pub(crate) fn fail_setup(e: &std::io::Error) -> ! {
         "shardcast-bench: cannot set up a connection: {e} (token required? use --token or --mint)"
     );
     std::process::exit(2);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_lists_read_as_taskset_writes_them() {
+        assert_eq!(super::parse_cpus("1"), vec![1]);
+        assert_eq!(super::parse_cpus("0-3"), vec![0, 1, 2, 3]);
+        assert_eq!(super::parse_cpus("0,2-3"), vec![0, 2, 3]);
+    }
 }
