@@ -343,17 +343,7 @@ enum Outcome {
 async fn drive(mut state: Box<SessionState>) {
     match state.run().await {
         Outcome::Park => {
-            // A parked session keeps only what its next event needs.
-            state.conn.shared.release_spare();
-            if state
-                .conn
-                .credit
-                .as_ref()
-                .is_some_and(|c| Rc::strong_count(c) == 1)
-            {
-                // No frame of its broadcasts is still queued anywhere.
-                state.conn.credit = None;
-            }
+            state.conn.release_spare();
             let waker = parking::waker(state.conn.conn_id);
             // Every source of a next event wakes the parking waker, which resumes the session.
             state.io.recv.register_waker(&waker);
@@ -783,6 +773,19 @@ impl Conn {
     fn credit(&mut self) -> &Rc<Credit> {
         let limit = self.shard.config.outbound.publisher_credit_bytes;
         self.credit.get_or_insert_with(|| Credit::new(limit))
+    }
+
+    /// Before parking: keeps only what the next event needs (its queues' capacity goes back,
+    /// and its credit if no frame of its broadcasts is still queued anywhere).
+    fn release_spare(&mut self) {
+        self.shared.release_spare();
+        if self
+            .credit
+            .as_ref()
+            .is_some_and(|c| Rc::strong_count(c) == 1)
+        {
+            self.credit = None;
+        }
     }
 
     /// Handles one decoded WebSocket event. Returns false when the session is over.

@@ -4,7 +4,7 @@ use super::config::ServerConfig;
 use super::shard::Shard;
 use super::transport::listener::accept_loop;
 use super::transport::ring::SocketRing;
-use super::{connection, inbox, mesh};
+use super::{connection, inbox, memory, mesh};
 use crate::core::App;
 use crate::ops::metrics::Metrics;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
@@ -133,6 +133,7 @@ impl Server {
                     let _ = ready.send(Ok(()));
                     drop(ready);
                     glommio::spawn_local(connection::run_resumer(shard.clone())).detach();
+                    glommio::spawn_local(memory::run_releaser()).detach();
                     let serving = shard.clone();
                     accept_loop(id, listener, stop_rx, shard.metrics(), move |stream| {
                         glommio::spawn_local(connection::serve(serving.clone(), stream)).detach();

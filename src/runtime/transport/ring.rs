@@ -598,7 +598,7 @@ impl SocketRing {
             r.state = RecvState::Armed;
             opcode::RecvMulti::new(types::Fd(r.fd), BUFFER_GROUP)
                 .build()
-                .user_data(RECV | (u64::from(r.generation) << 32) | slot as u64)
+                .user_data(recv_user_data(r.generation, slot))
         };
         if let Err(e) = self.push(entry) {
             // Tried again when buffers come back, or at the next sweep.
@@ -695,10 +695,7 @@ impl SocketRing {
             receivers.generations[slot] = (r.generation + 1) & GENERATION_MASK as u32;
             receivers.free.push(slot);
             receivers.starved.retain(|&s| s != slot);
-            (
-                r.state,
-                RECV | (u64::from(r.generation) << 32) | slot as u64,
-            )
+            (r.state, recv_user_data(r.generation, slot))
         };
         self.rearm_starved();
         let (state, user_data) = cancel;
@@ -715,10 +712,7 @@ impl SocketRing {
 
     /// Asks the kernel to cancel the operation `user_data`, submitting at once.
     fn cancel_now(&self, user_data: u64) {
-        let cancel = opcode::AsyncCancel::new(user_data)
-            .build()
-            .user_data(CANCEL);
-        match self.push(cancel) {
+        match self.push(cancel_entry(user_data)) {
             Ok(()) => {
                 let _ = self.ring.borrow().submit();
             }
@@ -798,10 +792,7 @@ impl SocketRing {
         }
         drop(receivers);
         if let Some(user_data) = cancel {
-            let pause = opcode::AsyncCancel::new(user_data)
-                .build()
-                .user_data(CANCEL);
-            match self.push(pause) {
+            match self.push(cancel_entry(user_data)) {
                 Ok(()) => self.submit_soon(),
                 // Not paused after all: it goes on receiving (into its spill buffer).
                 Err(_) => self.with_receiver(slot, |r| r.state = RecvState::Armed),
@@ -899,15 +890,9 @@ impl SocketRing {
             if let Err(e) = self.push(send) {
                 // The kernel never saw it: fail the connection rather than leave it waiting.
                 tracing::warn!(shard = self.shard, error = %e, "cannot queue a send");
-                let op = self.ops.borrow_mut().remove(slot);
-                if let Some(mut op) = op {
-                    if let Some(out) = op.out.take() {
-                        // EIO, whatever the kernel said: an EAGAIN would have the queue retry at
-                        // once, and the flusher spin on a kernel that takes nothing.
-                        out.complete_send(-libc::EIO, now, self.metrics());
-                    }
-                    self.ops.borrow_mut().recycle(op);
-                }
+                // EIO, whatever the kernel said: an EAGAIN would have the queue retry at once,
+                // and the flusher spin on a kernel that takes nothing.
+                self.finish_send(slot, -libc::EIO, now);
                 continue;
             }
             sends += 1;
@@ -969,13 +954,19 @@ impl SocketRing {
                 self.on_recv(cqe.user_data(), cqe.result(), cqe.flags(), now_ms);
                 continue;
             }
-            let op = self.ops.borrow_mut().remove(cqe.user_data() as usize);
-            let Some(mut op) = op else { continue };
-            if let Some(out) = op.out.take() {
-                out.complete_send(cqe.result(), now, self.metrics());
-            }
-            self.ops.borrow_mut().recycle(op);
+            self.finish_send(cqe.user_data() as usize, cqe.result(), now);
         }
+    }
+
+    /// Ends the send in `slot` with `result` (bytes written or `-errno`): its queue learns it,
+    /// its box goes back to the spares.
+    fn finish_send(&self, slot: usize, result: i32, now: Instant) {
+        let op = self.ops.borrow_mut().remove(slot);
+        let Some(mut op) = op else { return };
+        if let Some(out) = op.out.take() {
+            out.complete_send(result, now, self.metrics());
+        }
+        self.ops.borrow_mut().recycle(op);
     }
 
     /// The flusher task: one submission for everything scheduled since it last ran.
@@ -1031,7 +1022,6 @@ impl SocketRing {
             self.expire_receivers(now);
             // Receives whose arming failed (or that wait for buffers) are tried again.
             self.rearm_starved();
-            crate::runtime::memory::maybe_release(now);
             let stale: Vec<usize> = {
                 let ops = self.ops.borrow();
                 if ops.in_flight == 0 {
@@ -1084,6 +1074,18 @@ impl SocketRing {
             }
         }
     }
+}
+
+/// The `user_data` of receive `slot` in its `generation`.
+fn recv_user_data(generation: u32, slot: usize) -> u64 {
+    RECV | (u64::from(generation) << 32) | slot as u64
+}
+
+/// A request to cancel the operation whose `user_data` this is.
+fn cancel_entry(user_data: u64) -> squeue::Entry {
+    opcode::AsyncCancel::new(user_data)
+        .build()
+        .user_data(CANCEL)
 }
 
 /// Refuses kernels older than 6.0 (no multishot receive), with a message that says so.

@@ -26,18 +26,15 @@
 //!   the broadcaster or silently losing messages.
 //!
 //! Payloads are kept as raw JSON text (`serde_json::value::RawValue`) and relayed verbatim.
+//! The protocol handling and the registry are shared with the other peers (`phoenix_subset`,
+//! in `perf/peers/phoenix-subset/`); this file is the tokio-tungstenite transport.
 
 use clap::Parser;
-use dashmap::DashMap;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use phoenix_subset::{ConnId, Outbound};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -89,11 +86,10 @@ async fn serve(addr: SocketAddr) -> io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     eprintln!("listening on {}", listener.local_addr()?);
     let registry = Arc::new(Registry::default());
-    let next_id = AtomicU64::new(1);
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
-                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                let id = registry.next_id();
                 tokio::spawn(connection(stream, registry.clone(), id));
             }
             // EMFILE and friends: back off briefly instead of spinning.
@@ -103,60 +99,27 @@ async fn serve(addr: SocketAddr) -> io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Topic registry
+// Outbound frames
 // ---------------------------------------------------------------------------------------------
 
-type ConnId = u64;
+/// The protocol handling lives in `phoenix_subset`; this tells it that a connection's outbound
+/// queue carries tungstenite `Message`s, whose `Utf8Bytes`/`Bytes` payload is reference counted.
+enum Tungstenite {}
 
-/// How the rest of the server reaches a connection: its outbound queue, and a signal that it
-/// fell behind and must be closed.
-#[derive(Clone)]
-struct Subscriber {
-    tx: mpsc::Sender<Message>,
-    slow: Arc<Notify>,
-}
+impl Outbound for Tungstenite {
+    type Frame = Message;
 
-#[derive(Default)]
-struct Registry {
-    topics: DashMap<String, HashMap<ConnId, Subscriber>>,
-}
-
-impl Registry {
-    fn subscribe(&self, topic: &str, id: ConnId, sub: Subscriber) {
-        self.topics
-            .entry(topic.to_owned())
-            .or_default()
-            .insert(id, sub);
+    fn text(s: String) -> Message {
+        Message::Text(Utf8Bytes::from(s))
     }
 
-    fn unsubscribe(&self, topic: &str, id: ConnId) {
-        let now_empty = match self.topics.get_mut(topic) {
-            Some(mut subs) => {
-                subs.remove(&id);
-                subs.is_empty()
-            }
-            None => false,
-        };
-        if now_empty {
-            self.topics.remove_if(topic, |_, subs| subs.is_empty());
-        }
-    }
-
-    /// Queues `msg` (already encoded; cloning it only bumps a refcount) for every subscriber.
-    fn broadcast(&self, topic: &str, msg: &Message) {
-        let Some(subs) = self.topics.get(topic) else {
-            return;
-        };
-        for sub in subs.values() {
-            match sub.tx.try_send(msg.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => sub.slow.notify_one(),
-                // The connection is going away; its own task unsubscribes it.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
-        }
+    fn binary(v: Vec<u8>) -> Message {
+        Message::Binary(Bytes::from(v))
     }
 }
+
+type Registry = phoenix_subset::Registry<Tungstenite>;
+type Conn = phoenix_subset::Conn<Tungstenite>;
 
 // ---------------------------------------------------------------------------------------------
 // Connection
@@ -185,12 +148,7 @@ async fn connection(stream: TcpStream, registry: Arc<Registry>, id: ConnId) {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let slow = Arc::new(Notify::new());
     let mut writer = tokio::spawn(write_loop(sink, rx, slow.clone()));
-    let mut conn = Conn {
-        id,
-        registry,
-        me: Subscriber { tx, slow },
-        joined: HashSet::new(),
-    };
+    let mut conn = Conn::new(id, registry, tx, slow);
 
     loop {
         let next = tokio::select! {
@@ -269,263 +227,6 @@ async fn write_loop(
             return;
         }
     }
-}
-
-/// A V2 JSON message `[join_ref, ref, topic, event, payload]`. Refs stay raw JSON text (they
-/// are echoed back verbatim); strings borrow from the frame unless they contain escapes.
-#[derive(Deserialize)]
-struct JsonPush<'a>(
-    #[serde(borrow)] Option<&'a RawValue>,
-    #[serde(borrow)] Option<&'a RawValue>,
-    #[serde(borrow)] Cow<'a, str>,
-    #[serde(borrow)] Cow<'a, str>,
-    #[serde(borrow)] &'a RawValue,
-);
-
-const EMPTY: &str = "{}";
-const UNMATCHED: &str = r#"{"reason":"unmatched topic"}"#;
-const UNKNOWN_EVENT: &str = r#"{"reason":"unknown event"}"#;
-
-struct Conn {
-    id: ConnId,
-    registry: Arc<Registry>,
-    me: Subscriber,
-    joined: HashSet<String>,
-}
-
-impl Conn {
-    /// Queues a message for this connection's own socket; false once the writer is gone.
-    /// Awaiting here is the natural backpressure: we stop reading while our writer is behind.
-    async fn send(&self, msg: Message) -> bool {
-        self.me.tx.send(msg).await.is_ok()
-    }
-
-    fn leave_all(&mut self) {
-        for topic in self.joined.drain() {
-            self.registry.unsubscribe(&topic, self.id);
-        }
-    }
-
-    async fn on_text(&mut self, text: &str) -> bool {
-        // Phoenix closes the socket on a frame that is not a message; so do we.
-        let Ok(JsonPush(join_ref, msg_ref, topic, event, payload)) = serde_json::from_str(text)
-        else {
-            return false;
-        };
-        let jr = join_ref.map(RawValue::get);
-        let r = msg_ref.map(RawValue::get);
-        let (topic, event) = (topic.as_ref(), event.as_ref());
-
-        if topic == "phoenix" {
-            let status = if event == "heartbeat" { "ok" } else { "error" };
-            let response = if event == "heartbeat" {
-                EMPTY
-            } else {
-                UNKNOWN_EVENT
-            };
-            return self
-                .send(json_reply(None, r, topic, status, response))
-                .await;
-        }
-        match event {
-            "phx_join" => {
-                if !topic.starts_with("echo:") {
-                    return self
-                        .send(json_reply(None, r, topic, "error", UNMATCHED))
-                        .await;
-                }
-                if self.joined.insert(topic.to_owned()) {
-                    self.registry.subscribe(topic, self.id, self.me.clone());
-                }
-                self.send(json_reply(jr, r, topic, "ok", EMPTY)).await
-            }
-            _ if !self.joined.contains(topic) => {
-                self.send(json_reply(None, r, topic, "error", UNMATCHED))
-                    .await
-            }
-            "echo" => {
-                self.send(json_reply(jr, r, topic, "ok", payload.get()))
-                    .await
-            }
-            "broadcast" => {
-                let mut out = String::with_capacity(40 + topic.len() + payload.get().len());
-                out.push_str("[null,null,");
-                push_json_str(&mut out, topic);
-                out.push_str(",\"broadcast\",");
-                out.push_str(payload.get());
-                out.push(']');
-                self.registry
-                    .broadcast(topic, &Message::Text(Utf8Bytes::from(out)));
-                self.send(json_reply(jr, r, topic, "ok", EMPTY)).await
-            }
-            "phx_leave" => {
-                self.joined.remove(topic);
-                self.registry.unsubscribe(topic, self.id);
-                if !self.send(json_reply(jr, r, topic, "ok", EMPTY)).await {
-                    return false;
-                }
-                // As Phoenix does: phx_close with the join ref in both ref positions.
-                let mut out = String::with_capacity(48 + topic.len());
-                out.push('[');
-                out.push_str(jr.unwrap_or("null"));
-                out.push(',');
-                out.push_str(jr.unwrap_or("null"));
-                out.push(',');
-                push_json_str(&mut out, topic);
-                out.push_str(",\"phx_close\",{}]");
-                self.send(Message::Text(Utf8Bytes::from(out))).await
-            }
-            _ => {
-                self.send(json_reply(jr, r, topic, "error", UNKNOWN_EVENT))
-                    .await
-            }
-        }
-    }
-
-    /// A V2 binary client push:
-    /// `0, len(join_ref), len(ref), len(topic), len(event), join_ref, ref, topic, event, payload`.
-    async fn on_binary(&mut self, frame: &Bytes) -> bool {
-        let Some(push) = BinaryPush::parse(frame) else {
-            return false;
-        };
-        // JSON text of the refs, for JSON replies (an empty ref is null, as in Phoenix).
-        let jr = (!push.join_ref.is_empty()).then(|| json_str(push.join_ref));
-        let r = (!push.msg_ref.is_empty()).then(|| json_str(push.msg_ref));
-        let topic = push.topic;
-
-        if !self.joined.contains(topic) {
-            return self
-                .send(json_reply(None, r.as_deref(), topic, "error", UNMATCHED))
-                .await;
-        }
-        match push.event {
-            "echo" => {
-                // 1, len(join_ref), len(ref), len(topic), len(status), join_ref, ref, topic,
-                // status, payload
-                let mut out = Vec::with_capacity(
-                    7 + push.join_ref.len() + push.msg_ref.len() + topic.len() + push.payload.len(),
-                );
-                out.extend_from_slice(&[
-                    1,
-                    push.join_ref.len() as u8,
-                    push.msg_ref.len() as u8,
-                    topic.len() as u8,
-                    2,
-                ]);
-                out.extend_from_slice(push.join_ref.as_bytes());
-                out.extend_from_slice(push.msg_ref.as_bytes());
-                out.extend_from_slice(topic.as_bytes());
-                out.extend_from_slice(b"ok");
-                out.extend_from_slice(push.payload);
-                self.send(Message::Binary(Bytes::from(out))).await
-            }
-            "broadcast" => {
-                // 2, len(topic), len(event), topic, event, payload
-                const EVENT: &str = "broadcast";
-                let mut out =
-                    Vec::with_capacity(3 + topic.len() + EVENT.len() + push.payload.len());
-                out.extend_from_slice(&[2, topic.len() as u8, EVENT.len() as u8]);
-                out.extend_from_slice(topic.as_bytes());
-                out.extend_from_slice(EVENT.as_bytes());
-                out.extend_from_slice(push.payload);
-                self.registry
-                    .broadcast(topic, &Message::Binary(Bytes::from(out)));
-                self.send(json_reply(jr.as_deref(), r.as_deref(), topic, "ok", EMPTY))
-                    .await
-            }
-            _ => {
-                self.send(json_reply(
-                    jr.as_deref(),
-                    r.as_deref(),
-                    topic,
-                    "error",
-                    UNKNOWN_EVENT,
-                ))
-                .await
-            }
-        }
-    }
-}
-
-struct BinaryPush<'a> {
-    join_ref: &'a str,
-    msg_ref: &'a str,
-    topic: &'a str,
-    event: &'a str,
-    payload: &'a [u8],
-}
-
-impl<'a> BinaryPush<'a> {
-    fn parse(frame: &'a [u8]) -> Option<BinaryPush<'a>> {
-        let header = frame.get(..5)?;
-        if header[0] != 0 {
-            return None;
-        }
-        let mut at = 5;
-        let mut field = |len: u8| -> Option<&'a str> {
-            let bytes = frame.get(at..at + usize::from(len))?;
-            at += usize::from(len);
-            std::str::from_utf8(bytes).ok()
-        };
-        let join_ref = field(header[1])?;
-        let msg_ref = field(header[2])?;
-        let topic = field(header[3])?;
-        let event = field(header[4])?;
-        Some(BinaryPush {
-            join_ref,
-            msg_ref,
-            topic,
-            event,
-            payload: &frame[at..],
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Encoding helpers
-// ---------------------------------------------------------------------------------------------
-
-/// `[join_ref, ref, topic, "phx_reply", {"response": response, "status": status}]`; the refs
-/// and `response` are JSON text.
-fn json_reply(
-    join_ref: Option<&str>,
-    msg_ref: Option<&str>,
-    topic: &str,
-    status: &str,
-    response: &str,
-) -> Message {
-    let jr = join_ref.unwrap_or("null");
-    let r = msg_ref.unwrap_or("null");
-    let mut out = String::with_capacity(56 + jr.len() + r.len() + topic.len() + response.len());
-    out.push('[');
-    out.push_str(jr);
-    out.push(',');
-    out.push_str(r);
-    out.push(',');
-    push_json_str(&mut out, topic);
-    out.push_str(",\"phx_reply\",{\"response\":");
-    out.push_str(response);
-    out.push_str(",\"status\":\"");
-    out.push_str(status);
-    out.push_str("\"}]");
-    Message::Text(Utf8Bytes::from(out))
-}
-
-/// Appends `s` as a JSON string (plain names are copied as they are).
-fn push_json_str(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
-    } else {
-        out.push_str(&serde_json::to_string(s).expect("a str always encodes"));
-    }
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    push_json_str(&mut out, s);
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
