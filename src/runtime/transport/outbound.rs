@@ -140,6 +140,22 @@ impl Inner {
     }
 }
 
+/// Drops a finished queue's frames except those a send in flight still carries (the kernel may
+/// be reading them: see the `SendQueue` impl); with no send in flight, all of them.
+fn keep_in_flight(inner: &mut Inner) {
+    let keep = if inner.sending.is_some() {
+        usize::from(inner.in_flight)
+    } else {
+        0
+    };
+    inner.frames.truncate(keep);
+    for q in inner.frames.iter_mut() {
+        // A given-up queue holds back no publisher.
+        q.hold = None;
+    }
+    inner.queued_bytes = inner.frames.iter().map(|q| q.bytes.len()).sum();
+}
+
 /// Where a queue's frames go: its socket, through the shard's ring.
 struct Io {
     ring: Rc<SocketRing>,
@@ -358,8 +374,7 @@ impl Outbound {
     pub fn abandon(&self) {
         let mut inner = self.inner.borrow_mut();
         inner.state = State::Done;
-        inner.frames.clear();
-        inner.queued_bytes = 0;
+        keep_in_flight(&mut inner);
         if let Some(slot) = inner.sending {
             if let Some(io) = self.io.borrow().as_ref() {
                 io.ring.cancel(slot as usize);
@@ -431,8 +446,7 @@ impl Outbound {
         let mut inner = self.inner.borrow_mut();
         inner.failed = true;
         inner.state = State::Done;
-        inner.frames.clear();
-        inner.queued_bytes = 0;
+        keep_in_flight(&mut inner);
         if let Some(w) = inner.reader.take() {
             w.wake();
         }
@@ -479,7 +493,12 @@ impl Outbound {
     }
 }
 
-impl SendQueue for Outbound {
+// SAFETY: the frames a send carries are the first `in_flight` of `frames`, which nothing removes
+// or replaces while `sending` is set: delivery policies and overflow act from `first_free` on,
+// `consume` runs at the completion, and `abandon`/`fail` keep them (`keep_in_flight`) until
+// `complete_send`, which drops them. The deque may move its `Queued` entries; the bytes they
+// point to do not move.
+unsafe impl SendQueue for Outbound {
     /// The socket this queue writes to (-1 before [`attach`](Outbound::attach)).
     fn fd(&self) -> RawFd {
         self.io.borrow().as_ref().map_or(-1, |io| io.fd)
@@ -525,6 +544,8 @@ impl SendQueue for Outbound {
             inner.sending = None;
             inner.in_flight = 0;
             if inner.state == State::Done {
+                // What a given-up queue kept for the kernel can go now.
+                keep_in_flight(&mut inner);
                 return;
             }
         }
@@ -563,6 +584,42 @@ mod tests {
 
     fn at(out: &Outbound, bytes: &'static [u8], now: Instant) -> Pushed {
         out.push_with(Bytes::from_static(bytes), Delivery::Reliable, None, now)
+    }
+
+    #[test]
+    fn the_frames_of_a_send_in_flight_outlive_an_abandoned_or_failed_queue() {
+        let metrics = crate::ops::metrics::Metrics::new(1);
+        for fail in [false, true] {
+            let out = Rc::new(Outbound::new(limits(100, 1 << 20)));
+            for i in 0..3u8 {
+                assert!(out.push(Bytes::from(vec![i; 100])));
+            }
+            let mut op = SendOp::new();
+            assert!(out.prepare_send(&mut op));
+            assert_eq!(op.len(), 3);
+            out.sending(0);
+            assert!(
+                out.push(Bytes::from(vec![9; 100])),
+                "queued behind the send"
+            );
+            if fail {
+                out.fail();
+            } else {
+                out.abandon();
+            }
+            {
+                let inner = out.inner.borrow();
+                // The kernel may still be reading these three: they stay until the completion.
+                assert_eq!(inner.frames.len(), 3);
+                assert_eq!(inner.queued_bytes, 300);
+                assert!(inner.frames.iter().all(|q| q.bytes[0] < 3));
+            }
+            out.complete_send(-libc::ECANCELED, Instant::now(), metrics.shard(0));
+            assert!(
+                out.inner.borrow().frames.is_empty(),
+                "released at the completion"
+            );
+        }
     }
 
     #[test]
